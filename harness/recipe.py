@@ -1,0 +1,152 @@
+"""The recipe schema: YAML in, validated settings out, with errors that name the file and the field."""
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file, the field and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "folder"] = "digits"
+    path: str | None = None  # folder of same-size PNGs (name: folder)
+    labels: str | None = None  # text file: one class index per image, in sorted file-name order
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self):
+        if self.name == "folder" and not self.path:
+            raise ValueError("data.name is 'folder' but data.path is not set; give the folder of PNG images")
+        return self
+
+
+class NetworkConfig(Strict):
+    name: Literal["toy-unet", "mlp"] = "toy-unet"
+    channels: int = Field(32, gt=0)
+    channel_mult: list[int] = [1, 2]
+    blocks_per_level: int = Field(2, gt=0)
+    attn_resolutions: list[int] = [4]
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "radam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["constant", "inverse-sqrt"] = "constant"
+    ref_steps: int = Field(1000, gt=0)  # t_ref of EDM2's lr_ref / sqrt(max(step / t_ref, 1))
+    rampup_steps: int = Field(0, ge=0)
+
+
+class EMAConfig(Strict):
+    kind: Literal["power", "halflife"] = "power"
+    sigma_rel: float = Field(0.05, gt=0, lt=0.3)
+    halflife_images: float = Field(50_000, gt=0)
+
+
+class TangentConfig(Strict):
+    normalization: Literal["norm", "clip", "none"] = "norm"
+    norm_constant: float = Field(0.1, gt=0)  # c, Alg. 1
+    warmup_steps: int = Field(10_000, ge=0)  # H, Alg. 1
+    jvp_method: Literal["torch-func"] = "torch-func"
+
+
+class StageConfig(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    ema: EMAConfig = EMAConfig()
+    p_mean: float = -1.0
+    p_std: float = Field(1.4, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    label_dropout: float = Field(0.0, ge=0, le=1)
+    checkpoint_every: int = Field(500, gt=0)
+    tangent: TangentConfig = TangentConfig()  # sCT / sCD only
+    guidance: float = Field(1.0, ge=1.0)  # sCD: the teacher's CFG scale
+
+
+class EvaluationConfig(Strict):
+    samples_per_class: int = Field(180, gt=0)
+    consistency_nfe: list[int] = [1, 2]
+    teacher_sampler: Literal["dpm-solver-2s", "euler"] = "dpm-solver-2s"
+    teacher_steps: int = Field(18, gt=1)  # DPM-Solver-2S: NFE = 2 steps - 1 (35 for 18, App. G.1)
+    guidance: float = Field(1.0, ge=1.0)
+    batch_size: int = Field(512, gt=0)
+
+    @field_validator("consistency_nfe")
+    @classmethod
+    def _positive(cls, v):
+        if not v or any(n < 1 for n in v):
+            raise ValueError("consistency_nfe must list step counts >= 1, e.g. [1, 2]")
+        return v
+
+
+class StagesConfig(Strict):
+    teacher: StageConfig
+    sct: StageConfig | None = None
+    scd: StageConfig | None = None
+
+
+class Recipe(Strict):
+    name: str
+    seed: int = 0
+    executor: Literal["local", "debug"] = "local"
+    sigma_data: float = Field(0.5, gt=0)
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = NetworkConfig()
+    stages: StagesConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v) or ".." in v:
+            raise ValueError("name must be letters, digits, '_', '-', '.' (no path parts), e.g. digits")
+        return v
+
+    def stage(self, method: str) -> StageConfig | None:
+        return getattr(self.stages, method)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field (check its spelling against the recipe schema in harness/recipe.py)"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    return f"{where}: {error['msg']}"
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe file; raise RecipeError with a one-line message on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; give a path such as recipes/digits.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of fields, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        first = _describe(e.errors()[0])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RecipeError(f"{path}: {first}{more}") from None
+
+
+def config_hash(*parts) -> str:
+    """Content hash of resolved settings: the id of a job, so a changed setting never resumes an old run."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -1,0 +1,81 @@
+"""Gather the metrics rows of a recipe's jobs with pandas and write results/<recipe>/table.{md,csv} and grids."""
+import shutil
+from pathlib import Path
+
+from . import store
+from .launch import plan_jobs
+from .recipe import Recipe
+
+COLUMNS = ["method", "sampler", "nfe", "fid", "fid_ratio", "class_accuracy", "train_minutes"]
+METHOD_NAMES = {"teacher": "TrigFlow teacher (diffusion)", "sct": "sCT", "scd": "sCD"}
+
+
+def gather(recipe: Recipe, runs_root: Path):
+    """One DataFrame row per (job, NFE) of this recipe's current jobs; empty when nothing has finished."""
+    import pandas as pd
+
+    rows = []
+    for job in plan_jobs(recipe, runs_root).values():
+        metrics = store.read_json(Path(job["run_dir"]) / "metrics.json")
+        if metrics:
+            rows.extend(metrics["rows"])
+    return pd.DataFrame(rows)
+
+
+def compile_table(frame):
+    """Teacher first, then sCT and sCD by NFE; FID ratio to the teacher's FID."""
+    teacher = frame.loc[frame.method == "teacher", "fid"]
+    table = frame.assign(
+        fid_ratio=frame.fid / teacher.iloc[0] if len(teacher) else float("nan"),
+        train_minutes=frame.train_seconds / 60,
+        order=frame.method.map({"teacher": 0, "sct": 1, "scd": 2}),
+    ).sort_values(["order", "nfe"])
+    return table[COLUMNS].reset_index(drop=True)
+
+
+def markdown_table(frame) -> str:
+    """A pipe table (pandas' to_markdown needs the extra `tabulate` package)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if v != v else f"{v:.3f}"
+        return str(v)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _markdown(recipe: Recipe, table, frame, grids: dict) -> str:
+    shown = table.assign(method=table.method.map(METHOD_NAMES),
+                         grid=[f"[samples]({grids[(m, n)]})" for m, n in zip(table.method, table.nfe)])
+    first = frame.iloc[0]
+    return "\n".join([
+        f"# {recipe.name}: TrigFlow teacher, sCT and sCD", "",
+        markdown_table(shown), "",
+        "Protocol: FID in the 64-d penultimate feature space of the shipped digits classifier "
+        "(harness/assets/digits_classifier.pt), features through clean-fid's folder pipeline; "
+        f"{int(first.num_samples)} generated samples ({recipe.evaluation.samples_per_class} per class, fixed seeds, "
+        f"the same noise for every method) against all {int(first.reference_count)} real images. "
+        f"Real-vs-real floor: FID between two random halves of the real data = {first.real_vs_real_half_fid:.3f} "
+        "(half-size sets, so this floor is biased upwards relative to the full-size comparison). "
+        "class_accuracy: share of samples the classifier assigns to their conditioning label. "
+        f"Guidance scale {first.guidance}. train_minutes: wall time of the stage's training on this machine.", "",
+    ])
+
+
+def write_report(recipe: Recipe, runs_root: Path, results_root: Path):
+    """Write the recipe's tables and sample grids; return the compiled table (None when no job has finished)."""
+    frame = gather(recipe, runs_root)
+    if frame.empty:
+        return None
+    out = Path(results_root) / recipe.name
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    grids = {}
+    for row in frame.itertuples():
+        name = f"{row.method}-nfe-{row.nfe}.png"
+        if Path(row.grid).is_file():
+            shutil.copyfile(row.grid, out / "samples" / name)
+        grids[(row.method, row.nfe)] = f"samples/{name}"
+    table = compile_table(frame)
+    store.write_bytes_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f").encode())
+    store.write_bytes_atomic(out / "table.md", _markdown(recipe, table, frame, grids).encode())
+    return table

@@ -1,0 +1,3 @@
+from .attention import attention
+
+__all__ = ["attention"]

@@ -1,0 +1,91 @@
+"""Training objectives: the TrigFlow diffusion loss (teacher) and sCT / sCD as Algorithm 1 of the sCM paper.
+
+Each returns (loss, diagnostics); diagnostics are detached per-batch means for logging.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import trigflow
+from .jvp import network_tangent
+from .sampling import guided
+from .trigflow import expand
+
+
+@dataclass
+class TangentSettings:
+    normalization: str = "norm"  # "norm": g / (||g|| + c); "clip": clamp to [-1, 1]; "none"
+    norm_constant: float = 0.1  # c, Alg. 1
+    warmup_steps: int = 10_000  # H, Alg. 1 / Sec. 4.3
+    jvp_method: str = "torch-func"
+
+
+def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+
+
+def _weighted_mse(F_out: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """e^{w(t)} / D ||F - target||^2 - w(t), averaged over the batch (adaptive weighting, Alg. 1)."""
+    D = F_out[0].numel()
+    se = (F_out - target).flatten(1).pow(2).sum(1)
+    return (torch.exp(w) / D * se - w).mean()
+
+
+def diffusion_loss(net, weight, x0, class_labels, p_mean, p_std, sigma_data=trigflow.SIGMA_DATA,
+                   generator=None):
+    """TrigFlow diffusion: F(x_t / sd, t) regresses (dx_t/dt) / sd with the adaptive weight w(t)."""
+    t = trigflow.sample_time(x0.shape[0], p_mean, p_std, sigma_data, generator, x0.device, x0.dtype)
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * sigma_data
+    x_t = trigflow.interpolate(x0, z, t)
+    target = trigflow.velocity_target(x0, z, t) / sigma_data
+    F_out = net(x_t / sigma_data, t, class_labels)
+    w = weight(t)
+    loss = _weighted_mse(F_out, target, w)
+    mse = (F_out - target).pow(2).mean()
+    return loss, {"loss": loss.detach(), "mse": mse.detach(), "w_mean": w.detach().mean()}
+
+
+def _rng_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device, state):
+    (torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state))
+
+
+def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_std: float,
+                     tangent: TangentSettings = TangentSettings(), teacher: Callable | None = None,
+                     guidance: float = 1.0, sigma_data: float = trigflow.SIGMA_DATA, generator=None):
+    """sCT (teacher=None: dx_t/dt = cos t z - sin t x0) or sCD (dx_t/dt from the teacher), Algorithm 1."""
+    sd = sigma_data
+    t = trigflow.sample_time(x0.shape[0], p_mean, p_std, sd, generator, x0.device, x0.dtype)
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * sd
+    x_t = trigflow.interpolate(x0, z, t)
+    if teacher is None:
+        dxt_dt = trigflow.velocity_target(x0, z, t)
+    else:
+        with torch.no_grad():
+            dxt_dt = sd * guided(teacher, class_labels, guidance)(x_t / sd, t)  # sCD: sd F_pretrain, with CFG
+
+    # The JVP pass and the gradient pass must see the same dropout masks: replay the RNG.
+    rng = _rng_state(x0.device)
+    F_minus, sd_cs_dF_dt = network_tangent(lambda x, tt: net(x, tt, class_labels), x_t, t, dxt_dt, sd,
+                                           tangent.jvp_method)
+    r = min(1.0, step / tangent.warmup_steps) if tangent.warmup_steps > 0 else 1.0  # tangent warmup
+    T = expand(t, x_t)
+    g = -torch.cos(T) ** 2 * (sd * F_minus - dxt_dt) - r * (torch.cos(T) * torch.sin(T) * x_t + sd_cs_dF_dt)  # g
+    g_norm = _per_sample_norm(g)
+    if tangent.normalization == "norm":
+        g = g / expand(g_norm + tangent.norm_constant, g)  # tangent normalization
+    elif tangent.normalization == "clip":
+        g = g.clamp(-1.0, 1.0)
+    elif tangent.normalization != "none":
+        raise ValueError(f"unknown tangent normalization {tangent.normalization!r}; use norm, clip or none")
+
+    _set_rng_state(x0.device, rng)
+    F_out = net(x_t / sd, t, class_labels)
+    w = weight(t)
+    loss = _weighted_mse(F_out, F_minus + g, w)
+    return loss, {"loss": loss.detach(), "tangent_norm": g_norm.mean(), "w_mean": w.detach().mean(),
+                  "warmup_r": torch.tensor(r)}
