@@ -60,7 +60,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
     try:
         with Progress(*columns, console=console) as progress:
             rows = run_recipe(spec, runs_dir, kind, ProgressView(progress))
-    except (RuntimeError, FileNotFoundError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError) as error:
         _fail(str(error))
     console.print(f"{len(rows)} metrics rows in {runs_dir / spec.name}; next: scm-bench report {recipe}")
 

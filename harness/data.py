@@ -15,6 +15,10 @@ class ImageData:
     def shape(self):
         return tuple(self.images.shape[1:])
 
+    def to(self, device) -> "ImageData":
+        labels = self.labels.to(device) if self.labels is not None else None
+        return ImageData(self.images.to(device), labels, self.num_classes)
+
 
 def load_digits_data() -> ImageData:
     """1797 real handwritten digits, values 0..16 mapped to value / 8 - 1."""
@@ -50,9 +54,13 @@ def load_image_folder(path: str, labels: str | None = None) -> ImageData:
     files = sorted(folder.glob("*.png"))
     if not files:
         raise FileNotFoundError(f"no *.png images in {folder}; the folder data set reads PNG files only")
-    pics = [Image.open(f) for f in files]
-    mode = "L" if all(p.mode in ("L", "1", "I;16") for p in pics) else "RGB"
-    arrays = [np.asarray(p.convert(mode)) for p in pics]
+    arrays = []
+    for f in files:  # one file open at a time: folders larger than the open-file limit must load too
+        with Image.open(f) as pic:
+            arrays.append(np.asarray(pic.convert("L" if pic.mode in ("L", "1") else "RGB")))
+    if len({a.ndim for a in arrays}) > 1:  # a mix of grey and colour files: make them all RGB
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    mode = "L" if arrays[0].ndim == 2 else "RGB"
     sizes = {a.shape for a in arrays}
     if len(sizes) != 1:
         raise ValueError(f"images in {folder} differ in size ({sorted(sizes)[:3]}); resize them to one size first")

@@ -1,6 +1,7 @@
 """Evaluation of a finished stage: samples at each NFE, FID in the digits classifier's feature space via
 clean-fid's feature pipeline, class accuracy of the samples, a sample grid per setting."""
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,29 +67,52 @@ def folder_features(folder: Path, extractor) -> np.ndarray:
 def classify(images_uint8: np.ndarray, classifier) -> np.ndarray:
     """Predicted class of each sample, read from the same uint8 pixels that the PNGs hold."""
     import torch
+    from .classifier import CleanFidDigitsExtractor
 
     x = torch.from_numpy(images_uint8).float()
-    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).mean(1, keepdim=True)
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     with torch.no_grad():
-        return classifier(x / 127.5 - 1).argmax(1).numpy()
+        return classifier(CleanFidDigitsExtractor.to_classifier_input(x)).argmax(1).numpy()
+
+
+def _reference_ready(folder: Path) -> bool:
+    return (folder / "reference.json").is_file() and (folder / "stats.npz").is_file()
 
 
 def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor) -> dict:
-    """Features of the real data (cached per data set), and the real-vs-real floor: FID of one half vs the other."""
+    """Features of the real data (cached per data set), and the real-vs-real floor: FID of one half vs the other.
+
+    Built in a private folder and renamed into place, so two jobs that start at once cannot mix their files.
+    """
     ref_dir = Path(runs_root) / "_reference" / f"{recipe.data.name}-{config_hash(recipe.data.model_dump())}"
-    cached = store.read_json(ref_dir / "reference.json")
-    if cached and (ref_dir / "stats.npz").is_file():
-        stats = np.load(ref_dir / "stats.npz")
-        return {**cached, "mu": stats["mu"], "sigma": stats["sigma"]}
-    write_pngs(to_uint8(data.images), ref_dir / "images")
-    feats = folder_features(ref_dir / "images", extractor)
-    mu, sigma = feature_statistics(feats)
-    half = np.random.default_rng(0).permutation(len(feats))
-    floor = fid_from_features(feats[half[: len(feats) // 2]], feats[half[len(feats) // 2:]])
-    np.savez(ref_dir / "stats.npz", mu=mu, sigma=sigma)
-    info = {"count": len(feats), "real_vs_real_half_fid": floor, "features": FEATURE_EXTRACTOR}
-    store.write_json(ref_dir / "reference.json", info)
-    return {**info, "mu": mu, "sigma": sigma}
+    if not _reference_ready(ref_dir):
+        ref_dir.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=ref_dir.parent, prefix=f".{ref_dir.name}."))
+        try:
+            write_pngs(to_uint8(data.images), work / "images")
+            feats = folder_features(work / "images", extractor)
+            half = np.random.default_rng(0).permutation(len(feats))
+            floor = fid_from_features(feats[half[: len(feats) // 2]], feats[half[len(feats) // 2:]])
+            mu, sigma = feature_statistics(feats)
+            np.savez(work / "stats.npz", mu=mu, sigma=sigma)
+            store.write_json(work / "reference.json", {"count": len(feats), "real_vs_real_half_fid": floor,
+                                                       "features": FEATURE_EXTRACTOR})
+            if ref_dir.exists() and not _reference_ready(ref_dir):  # left half-built by a killed job
+                shutil.rmtree(ref_dir, ignore_errors=True)
+            try:
+                work.rename(ref_dir)
+            except OSError:
+                if not _reference_ready(ref_dir):  # not another job's finished statistics: a real failure
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    with np.load(ref_dir / "stats.npz") as stats:
+        return {**store.read_json(ref_dir / "reference.json"), "mu": stats["mu"], "sigma": stats["sigma"]}
+
+
+def evaluation_key(recipe: Recipe) -> str:
+    """Names the evaluation settings; metrics made under other settings are stale."""
+    return config_hash(recipe.evaluation.model_dump(), recipe.seed)
 
 
 def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int]]:
@@ -99,29 +123,63 @@ def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int]]:
 
 
 def generate(net, recipe: Recipe, shape, labels, sampler: str, steps: int):
-    """Samples from fixed noise (the same z for every method and NFE, so grids compare at a glance)."""
+    """Samples from fixed noise (the same z for every method and NFE, so grids compare at a glance).
+
+    Classifier-free guidance applies to the teacher's sampler only (sCD distils the guided teacher); it costs two
+    network evaluations per solver call, which the returned NFE counts.
+    """
     import torch
     from scm.sampling import consistency_sample, guided, teacher_sample
 
     ev, sd = recipe.evaluation, recipe.sigma_data
+    guidance = ev.guidance if sampler != "consistency" and labels is not None else 1.0
     n = len(labels) if labels is not None else ev.samples_per_class
-    z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(recipe.seed + 1000)) * sd
-    step_rng = torch.Generator().manual_seed(recipe.seed + 2000)
+    where = next(net.parameters()).device
+    z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(recipe.seed + 1000)) * sd  # same on any device
+    step_rng = torch.Generator(device=where).manual_seed(recipe.seed + 2000)
     outs, nfe = [], 0
     for start in range(0, n, ev.batch_size):
-        batch_labels = labels[start: start + ev.batch_size] if labels is not None else None
-        F = guided(net, batch_labels, ev.guidance)
-        zb = z[start: start + ev.batch_size]
+        batch_labels = labels[start: start + ev.batch_size].to(where) if labels is not None else None
+        F = guided(net, batch_labels, guidance)
+        zb = z[start: start + ev.batch_size].to(where)
         if sampler == "consistency":
             x, nfe = consistency_sample(F, zb, steps, sigma_data=sd, generator=step_rng)
         else:
             x, nfe = teacher_sample(F, zb, sampler, steps, sd)
-        outs.append(x)
-    return torch.cat(outs), nfe
+        outs.append(x.cpu())
+    return torch.cat(outs), nfe * (2 if guidance != 1.0 else 1)
+
+
+def _grid(pixels: np.ndarray, per_class: int, num_classes: int, path: Path) -> None:
+    """Up to 10 samples per class, one column per class (10 x 10 for unconditional data)."""
+    if num_classes:
+        rows = min(per_class, 10)
+        order = (np.arange(rows)[:, None] + per_class * np.arange(num_classes)[None]).ravel()
+        write_grid(pixels[order], path, rows=rows, cols=num_classes)
+    else:
+        write_grid(pixels[:100], path, rows=min(10, -(-min(len(pixels), 100) // 10)), cols=10)
+
+
+def _evaluate_setting(net, recipe, data, labels, sampler, steps, run_dir, extractor, classifier, ref) -> dict:
+    """Generate, write PNGs and a grid, then FID against the reference and class accuracy."""
+    start = time.time()
+    images, nfe = generate(net, recipe, data.shape, labels, sampler, steps)
+    sample_seconds = time.time() - start
+    pixels = to_uint8(images)
+    folder = run_dir / "samples" / f"nfe-{nfe}"
+    write_pngs(pixels, folder)
+    mu, sigma = feature_statistics(folder_features(folder, extractor))
+    grid = run_dir / "samples" / f"grid-nfe-{nfe}.png"
+    _grid(pixels, recipe.evaluation.samples_per_class, data.num_classes, grid)
+    accuracy = (float((classify(pixels, classifier) == labels.numpy()).mean())
+                if labels is not None and recipe.data.name == "digits" else None)
+    return {"sampler": sampler, "nfe": nfe, "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+            "class_accuracy": accuracy, "num_samples": len(pixels), "sample_seconds": sample_seconds,
+            "grid": str(grid.resolve())}
 
 
 def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
-    """Metrics rows for one trained stage; cached in metrics.json for that checkpoint."""
+    """Metrics rows for one trained stage; cached in metrics.json for that checkpoint and these settings."""
     import torch
     from .classifier import CleanFidDigitsExtractor, load_digits_classifier
     from .data import load_data
@@ -129,8 +187,10 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
 
     torch.set_num_threads(job["threads"])
     recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
+    stat = Path(checkpoint).stat()
+    key = {"checkpoint": checkpoint, "evaluation": evaluation_key(recipe), "stamp": [stat.st_size, stat.st_mtime_ns]}
     cached = store.read_json(run_dir / "metrics.json")
-    if cached and cached.get("checkpoint") == checkpoint:
+    if cached and cached.get("key") == key:  # evaluated already: same checkpoint file, same settings
         return cached["rows"]
     store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}),
                                                  "state": "evaluating"})
@@ -138,34 +198,18 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     classifier = load_digits_classifier()
     extractor = CleanFidDigitsExtractor(classifier)
     ref = reference_statistics(recipe, data, Path(job["runs_root"]), extractor)
-    net = load_ema_network(recipe, Path(checkpoint), data.shape, data.num_classes)
+    state = store.load_checkpoint(Path(checkpoint))
+    net = load_ema_network(recipe, Path(checkpoint), data.shape, data.num_classes, state)
     labels = (torch.arange(data.num_classes).repeat_interleave(recipe.evaluation.samples_per_class)
               if data.num_classes else None)
-    train_seconds = store.load_checkpoint(Path(checkpoint))["elapsed"]
-    rows = []
-    for sampler, steps in sample_settings(recipe, method):
-        start = time.time()
-        images, nfe = generate(net, recipe, data.shape, labels, sampler, steps)
-        sample_seconds = time.time() - start
-        pixels = to_uint8(images)
-        folder = run_dir / "samples" / f"nfe-{nfe}"
-        write_pngs(pixels, folder)
-        mu, sigma = feature_statistics(folder_features(folder, extractor))
-        per_class = recipe.evaluation.samples_per_class
-        grid_order = (np.arange(min(per_class, 10))[:, None] + per_class * np.arange(data.num_classes)[None]).ravel() \
-            if labels is not None else np.arange(min(len(pixels), 100))
-        write_grid(pixels[grid_order], run_dir / "samples" / f"grid-nfe-{nfe}.png",
-                   rows=min(per_class, 10), cols=max(data.num_classes, 10))
-        accuracy = (float((classify(pixels, classifier) == labels.numpy()).mean())
-                    if labels is not None and recipe.data.name == "digits" else None)
-        rows.append({"recipe": recipe.name, "job": run_dir.name, "method": method, "sampler": sampler,
-                     "nfe": nfe, "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-                     "class_accuracy": accuracy, "num_samples": len(pixels), "reference_count": ref["count"],
-                     "real_vs_real_half_fid": ref["real_vs_real_half_fid"], "features": FEATURE_EXTRACTOR,
-                     "guidance": recipe.evaluation.guidance, "train_seconds": train_seconds,
-                     "sample_seconds": sample_seconds, "checkpoint": Path(checkpoint).name,
-                     "grid": str((run_dir / "samples" / f"grid-nfe-{nfe}.png").resolve())})
-    store.write_json(run_dir / "metrics.json", {"checkpoint": checkpoint, "rows": rows})
+    common = {"recipe": recipe.name, "job": run_dir.name, "method": method, "reference_count": ref["count"],
+              "real_vs_real_half_fid": ref["real_vs_real_half_fid"], "features": FEATURE_EXTRACTOR,
+              "guidance": recipe.evaluation.guidance if method == "teacher" else 1.0,
+              "train_seconds": state["elapsed"], "checkpoint": Path(checkpoint).name}
+    rows = [{**common, **_evaluate_setting(net, recipe, data, labels, sampler, steps, run_dir, extractor,
+                                            classifier, ref)}
+            for sampler, steps in sample_settings(recipe, method)]
+    store.write_json(run_dir / "metrics.json", {"key": key, "rows": rows})
     store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}), "state": "done"})
     return rows
 

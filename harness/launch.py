@@ -28,13 +28,13 @@ def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
     return jobs
 
 
-def _executor(kind: str, folder: Path, threads: int):
+def _executor(kind: str, folder: Path):
     import submitit
 
     if kind == "debug":
         return submitit.DebugExecutor(folder=str(folder))
     executor = submitit.LocalExecutor(folder=str(folder))
-    executor.update_parameters(timeout_min=24 * 60, cpus_per_task=threads)
+    executor.update_parameters(timeout_min=24 * 60)
     return executor
 
 
@@ -43,30 +43,67 @@ def _submit(job: dict, kind: str):
 
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json(run_dir / "job.json", {k: v for k, v in job.items()})
-    return _executor(kind, run_dir / "logs", job["threads"]).submit(run_job, job)
+    store.write_json(run_dir / "job.json", job)
+    return _executor(kind, run_dir / "logs").submit(run_job, job)
+
+
+def job_error(error: Exception) -> str:
+    """The job's own exception line out of submitit's wrapper (which ends with log paths)."""
+    text = str(error)
+    if "----------------------" in text:
+        trace = text.split("----------------------")[1]
+        text = [line for line in trace.splitlines() if line.strip()][-1]
+    elif not isinstance(error, RuntimeError) or "Job" not in text:
+        text = f"{type(error).__name__}: {text}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _wait(submitted: dict, progress_view) -> dict[str, list[dict]]:
-    """Poll the jobs' progress files into the progress bars until all end; raise on the first failure."""
-    while True:
-        for method, (job, handle) in submitted.items():
-            progress_view.update(method, store.read_json(Path(job["run_dir"]) / "progress.json", {}))
-        if all(handle.done() for _, handle in submitted.values()):
-            break
-        time.sleep(0.5)
-    results = {}
-    for method, (job, handle) in submitted.items():
-        try:
-            results[method] = handle.result()
-        except Exception as error:  # submitit wraps the job's traceback; point at the log
-            log = Path(job["run_dir"]) / "logs"
-            raise RuntimeError(f"{method} job failed: {str(error).strip().splitlines()[-1]} (logs: {log})") from None
+    """Poll the jobs' progress files into the progress bars until all end; raise on the first failure.
+
+    Ctrl-C cancels the jobs (local jobs would otherwise outlive the command); a re-run resumes them.
+    """
+    results, method = {}, None
+
+    def cancel_all():
+        for _, handle in submitted.values():
+            handle.cancel(check=False)
+
+    try:
+        while len(results) < len(submitted):
+            for method, (job, handle) in submitted.items():
+                progress_view.update(method, store.read_json(Path(job["run_dir"]) / "progress.json", {}))
+                if method not in results and handle.done():
+                    results[method] = handle.result()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        cancel_all()
+        raise
+    except Exception as error:
+        cancel_all()
+        log = Path(submitted[method][0]["run_dir"]) / "logs"
+        raise RuntimeError(f"{method} job failed: {job_error(error)} (full log: {log})") from None
+    for method, (job, _) in submitted.items():
+        progress_view.update(method, store.read_json(Path(job["run_dir"]) / "progress.json", {}))
     return results
+
+
+def preflight(recipe: Recipe) -> None:
+    """Fail before anything is submitted when the data cannot feed the network (one-line errors)."""
+    from .data import load_data
+
+    data = load_data(recipe.data)
+    levels = len(recipe.network.channel_mult)
+    if recipe.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
+        raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} levels; "
+                         f"the resolution must be divisible by {2 ** (levels - 1)}")
+    if data.num_classes == 0 and recipe.evaluation.guidance != 1.0:
+        raise ValueError("evaluation.guidance > 1 needs class labels; give data.labels or set guidance: 1.0")
 
 
 def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view) -> list[dict]:
     """Run teacher, then the students side by side; return every metrics row."""
+    preflight(recipe)
     jobs = plan_jobs(recipe, runs_root)
     cores = os.cpu_count() or 1
     teacher = jobs.pop("teacher")

@@ -32,9 +32,18 @@ class DataConfig(Strict):
 class NetworkConfig(Strict):
     name: Literal["toy-unet", "mlp"] = "toy-unet"
     channels: int = Field(32, gt=0)
-    channel_mult: list[int] = [1, 2]
+    channel_mult: list[int] = Field([1, 2], min_length=1)
     blocks_per_level: int = Field(2, gt=0)
     attn_resolutions: list[int] = [4]
+
+    @model_validator(mode="after")
+    def _attention_heads_fit(self):
+        widths = [self.channels * m for m in self.channel_mult]
+        bad = [w for w in widths if w <= 0 or w % max(1, w // 32)]  # heads of about 32 channels must divide w
+        if bad:
+            raise ValueError(f"network widths {bad} (channels x channel_mult) must split into attention heads of "
+                             "about 32 channels; use multiples of 32, or 32 and below")
+        return self
 
 
 class OptimizerConfig(Strict):

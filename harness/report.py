@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 from . import store
+from .evaluate import evaluation_key
 from .launch import plan_jobs
 from .recipe import Recipe
 
@@ -14,10 +15,10 @@ def gather(recipe: Recipe, runs_root: Path):
     """One DataFrame row per (job, NFE) of this recipe's current jobs; empty when nothing has finished."""
     import pandas as pd
 
-    rows = []
+    rows, current = [], evaluation_key(recipe)
     for job in plan_jobs(recipe, runs_root).values():
         metrics = store.read_json(Path(job["run_dir"]) / "metrics.json")
-        if metrics:
+        if metrics and metrics.get("key", {}).get("evaluation") == current:  # rows of other settings are stale
             rows.extend(metrics["rows"])
     return pd.DataFrame(rows)
 

@@ -55,6 +55,3 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
 
-
-def stage_dirs(runs_root: Path, recipe_name: str) -> list[Path]:
-    return sorted(p for p in (Path(runs_root) / recipe_name).glob("*") if (p / "job.json").is_file())

@@ -28,11 +28,18 @@ def build_model(recipe: Recipe, data_shape, num_classes: int, stage=None):
     return build_network(net.name, **settings)
 
 
-def load_ema_network(recipe: Recipe, checkpoint: Path, data_shape, num_classes: int):
-    """The EMA weights of a finished stage, in eval mode."""
+def device():
+    """Train and sample on the GPU when there is one; everything also runs on the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_ema_network(recipe: Recipe, checkpoint: Path, data_shape, num_classes: int, state: dict | None = None):
+    """The EMA weights of a finished stage, in eval mode, on `device()`."""
     net = build_model(recipe, data_shape, num_classes)
-    net.load_state_dict(store.load_checkpoint(checkpoint)["ema"])
-    return net.eval().requires_grad_(False)
+    net.load_state_dict((state or store.load_checkpoint(checkpoint))["ema"])
+    return net.to(device()).eval().requires_grad_(False)
 
 
 def learning_rate(opt_config, step: int) -> float:
@@ -43,6 +50,10 @@ def learning_rate(opt_config, step: int) -> float:
     if opt_config.rampup_steps > 0:
         lr *= min(step / opt_config.rampup_steps, 1.0)
     return lr
+
+
+def net_device(net):
+    return next(net.parameters()).device
 
 
 def _optimizer(params, config):
@@ -60,10 +71,62 @@ def _ema(net, config, batch_size):
     return HalfLifeEMA(net, config.halflife_images, batch_size)
 
 
+class TrainState:
+    """Everything the next training step depends on; a checkpoint is exactly this, so resume is exact."""
+
+    def __init__(self, recipe: Recipe, stage, net, weight):
+        import torch
+
+        self.net, self.weight = net, weight
+        self.optimizer = _optimizer(list(net.parameters()) + list(weight.parameters()), stage.optimizer)
+        self.ema = _ema(net, stage.ema, stage.batch_size)
+        self.data_rng = torch.Generator().manual_seed(recipe.seed + 1)
+        self.noise_rng = torch.Generator(device=net_device(net)).manual_seed(recipe.seed + 2)  # t and z
+        self.step, self.elapsed, self.history = 0, 0.0, []
+
+    def state_dict(self) -> dict:
+        import torch
+
+        return {"step": self.step, "net": self.net.state_dict(), "weight": self.weight.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ema": self.ema.ema.state_dict(),
+                "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
+                "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed, "history": self.history,
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        import torch
+
+        self.net.load_state_dict(state["net"])
+        self.weight.load_state_dict(state["weight"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.ema.load_state_dict(state["ema"])
+        self.data_rng.set_state(state["data_rng"])
+        self.noise_rng.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
+
+
+def _loss(method, stage, recipe, state: TrainState, data, teacher, tangent):
+    """One batch through the stage's objective."""
+    import torch
+    from scm import consistency_loss, diffusion_loss
+
+    index = torch.randint(len(data.images), (stage.batch_size,), generator=state.data_rng).to(data.images.device)
+    x0 = data.images[index]
+    labels = data.labels[index] if data.labels is not None else None
+    if method == "teacher":
+        return diffusion_loss(state.net, state.weight, x0, labels, stage.p_mean, stage.p_std, recipe.sigma_data,
+                              state.noise_rng)
+    return consistency_loss(state.net, state.weight, x0, labels, state.step, stage.p_mean, stage.p_std, tangent,
+                            teacher, stage.guidance, recipe.sigma_data, state.noise_rng)
+
+
 def train_stage(job: dict) -> str:
     """Train one stage to its last step (resuming from the newest checkpoint) and return that checkpoint."""
     import torch
-    from scm import TangentSettings, consistency_loss, diffusion_loss
+    from scm import TangentSettings
     from scm.weighting import AdaptiveWeight
     from .data import load_data
 
@@ -75,73 +138,46 @@ def train_stage(job: dict) -> str:
         return str(final)
 
     torch.manual_seed(recipe.seed)
-    data = load_data(recipe.data)
+    data = load_data(recipe.data).to(device())
     net = build_model(recipe, data.shape, data.num_classes, stage).train()
-    weight = AdaptiveWeight()
-    teacher = None
     if job.get("init"):  # sCT and sCD start from the teacher's EMA weights (Sec. 5)
         net.load_state_dict(store.load_checkpoint(job["init"])["ema"])
-    if method == "scd":
-        teacher = load_ema_network(recipe, job["init"], data.shape, data.num_classes)
-    optimizer = _optimizer(list(net.parameters()) + list(weight.parameters()), stage.optimizer)
-    ema = _ema(net, stage.ema, stage.batch_size)
-    data_rng = torch.Generator().manual_seed(recipe.seed + 1)
-    noise_rng = torch.Generator().manual_seed(recipe.seed + 2)
-    step, elapsed, history = 0, 0.0, []
-
+    teacher = load_ema_network(recipe, job["init"], data.shape, data.num_classes) if method == "scd" else None
+    state = TrainState(recipe, stage, net.to(device()), AdaptiveWeight().to(device()))
     saved = store.checkpoints(run_dir)
-    if saved:  # resume: every piece of state that the next step depends on
-        state = store.load_checkpoint(saved[-1])
-        net.load_state_dict(state["net"])
-        weight.load_state_dict(state["weight"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.ema.load_state_dict(state["ema"])
-        data_rng.set_state(state["data_rng"])
-        noise_rng.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed, history = state["step"], state["elapsed"], state["history"]
-
-    def checkpoint():
-        store.save_checkpoint(store.checkpoint_path(run_dir, step), {
-            "step": step, "net": net.state_dict(), "weight": weight.state_dict(),
-            "optimizer": optimizer.state_dict(), "ema": ema.ema.state_dict(), "data_rng": data_rng.get_state(),
-            "noise_rng": noise_rng.get_state(), "torch_rng": torch.get_rng_state(), "elapsed": elapsed,
-            "history": history})
+    if saved:
+        state.load_state_dict(store.load_checkpoint(saved[-1]))
 
     tangent = TangentSettings(**stage.tangent.model_dump())
-    window, last_report, start = [], time.time(), time.time() - elapsed
-    while step < stage.steps:
-        index = torch.randint(len(data.images), (stage.batch_size,), generator=data_rng)
-        x0 = data.images[index]
-        labels = data.labels[index] if data.labels is not None else None
-        if method == "teacher":
-            loss, diag = diffusion_loss(net, weight, x0, labels, stage.p_mean, stage.p_std, recipe.sigma_data,
-                                        noise_rng)
-        else:
-            loss, diag = consistency_loss(net, weight, x0, labels, step, stage.p_mean, stage.p_std, tangent,
-                                          teacher, stage.guidance, recipe.sigma_data, noise_rng)
+    window, last_report, start = [], time.time(), time.time() - state.elapsed
+    while state.step < stage.steps:
+        loss, diag = _loss(method, stage, recipe, state, data, teacher, tangent)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method}: non-finite loss at step {step + 1} ({diag})")
-        optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"{method}: non-finite loss at step {state.step + 1} ({diag})")
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        step += 1
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(stage.optimizer, step)
-        optimizer.step()
-        ema.update(net, step)
+        state.step += 1
+        for group in state.optimizer.param_groups:
+            group["lr"] = learning_rate(stage.optimizer, state.step)
+        state.optimizer.step()
+        state.ema.update(state.net, state.step)
         window.append({k: float(v) for k, v in diag.items()})
-        elapsed = time.time() - start
-
-        if time.time() - last_report > PROGRESS_EVERY_S or step == stage.steps:
-            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            history.append({"step": step, **mean})
-            store.write_json(run_dir / "progress.json", {
-                "state": "running", "step": step, "total": stage.steps, "loss": mean["loss"],
-                "it_s": len(window) / max(time.time() - last_report, 1e-9), "elapsed": elapsed})
+        state.elapsed = time.time() - start
+        if time.time() - last_report > PROGRESS_EVERY_S or state.step == stage.steps:
+            _report(run_dir, state, window, time.time() - last_report, stage.steps)
             window, last_report = [], time.time()
-        if step % stage.checkpoint_every == 0 or step == stage.steps:
-            checkpoint()
-    store.write_json(run_dir / "progress.json", {"state": "trained", "step": step, "total": stage.steps,
-                                                 "loss": history[-1]["loss"], "elapsed": elapsed,
-                                                 "it_s": stage.steps / max(elapsed, 1e-9)})
+        if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
+            store.save_checkpoint(store.checkpoint_path(run_dir, state.step), state.state_dict())
+    store.write_json(run_dir / "progress.json", {
+        "state": "trained", "step": state.step, "total": stage.steps, "loss": state.history[-1]["loss"],
+        "elapsed": state.elapsed, "it_s": stage.steps / max(state.elapsed, 1e-9)})
     return str(final)
+
+
+def _report(run_dir: Path, state: TrainState, window: list[dict], seconds: float, total: int) -> None:
+    """Append the window's mean diagnostics to the history and refresh progress.json."""
+    mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+    state.history.append({"step": state.step, **mean})
+    store.write_json(run_dir / "progress.json", {
+        "state": "running", "step": state.step, "total": total, "loss": mean["loss"],
+        "it_s": len(window) / max(seconds, 1e-9), "elapsed": state.elapsed})

@@ -1,6 +1,6 @@
 """Exponential moving averages of the weights: EDM2's power-function EMA and the half-life EMA.
 
-Both keep a float32 copy of the parameters and buffers; `update(step)` is called after each optimizer step.
+Both keep a copy of the network (its dtype); `update(net, step)` is called after each optimizer step.
 """
 import copy
 

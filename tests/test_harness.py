@@ -21,6 +21,7 @@ def tiny_recipe(tmp_path: Path, **changes) -> Path:
     recipe["evaluation"].update(samples_per_class=8, teacher_steps=4)
     for key, value in changes.items():
         recipe[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -107,3 +108,104 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     assert list(table.method) == ["teacher", "sct", "sct", "scd", "scd"]
     assert (tmp_path / "results" / "tiny" / "table.md").read_text().count("[samples](samples/") == 5
     assert table.fid_ratio.iloc[0] == 1.0
+    changed = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"samples_per_class": 9})})
+    assert write_report(changed, tmp_path / "runs", tmp_path / "stale") is None  # rows of other settings are stale
+
+
+def test_cli_help_does_not_import_torch():
+    code = "import sys, harness.cli, harness.recipe; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "run" in done.stdout and "report" in done.stdout
+
+
+def _short_job(tmp_path, method="teacher", steps=6):
+    from harness.launch import plan_jobs
+
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    job = plan_jobs(recipe, tmp_path / "runs")[method]
+    job["threads"] = 1
+    job["recipe"]["stages"][method].update(steps=steps, checkpoint_every=4)
+    return job
+
+
+def test_job_failure_reports_the_jobs_own_error(tmp_path):
+    """submitit wraps a job's exception with log paths; the user sees the exception line."""
+    import submitit
+    from harness.launch import job_error
+
+    from harness.data import load_image_folder
+
+    job = submitit.LocalExecutor(folder=str(tmp_path)).submit(load_image_folder, str(tmp_path / "nowhere"))
+    with pytest.raises(Exception) as error:
+        job.result()
+    assert job_error(error.value) == (f"FileNotFoundError: data folder {tmp_path / 'nowhere'} not found; "
+                                      "point data.path at a folder of PNG images")
+
+
+def test_cli_missing_data_folder_is_caught_before_submitting(tmp_path):
+    path = tiny_recipe(tmp_path, data={"name": "folder", "path": str(tmp_path / "nowhere")})
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "data folder" in done.stderr and "nowhere" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_student_resume_is_exact(tmp_path):
+    """sCT and sCD (JVP, RNG replay, tangent warmup, teacher reload) resume to the same weights as an unbroken run."""
+    import torch
+    from harness import store
+    from harness.train import train_stage
+
+    teacher = train_stage(_short_job(tmp_path / "t"))
+    for method in ("sct", "scd"):
+        runs = []
+        for name in ("a", "b"):
+            job = _short_job(tmp_path / f"{method}-{name}", method)
+            job["init"] = teacher
+            runs.append((job, torch.load(train_stage(job), weights_only=True)))
+        job, unbroken = runs[1]
+        store.checkpoint_path(Path(job["run_dir"]), 6).unlink()
+        resumed = torch.load(train_stage(job), weights_only=True)
+        for key in ("net", "ema", "weight"):
+            assert all(torch.equal(runs[0][1][key][k], resumed[key][k]) for k in unbroken[key]), (method, key)
+
+
+def test_training_is_seeded_and_resume_is_exact(tmp_path):
+    """Two runs give identical weights; a run stopped after its step-4 checkpoint and resumed ends identical too."""
+    import torch
+    from harness import store
+    from harness.train import train_stage
+
+    first = torch.load(train_stage(_short_job(tmp_path / "a")), weights_only=True)
+    second_job = _short_job(tmp_path / "b")
+    second = torch.load(train_stage(second_job), weights_only=True)
+    for key in ("net", "ema"):
+        assert all(torch.equal(first[key][k], second[key][k]) for k in first[key])
+    store.checkpoint_path(Path(second_job["run_dir"]), 6).unlink()  # as if killed between steps 4 and 6
+    resumed = torch.load(train_stage(second_job), weights_only=True)
+    for key in ("net", "ema", "weight"):
+        assert all(torch.equal(first[key][k], resumed[key][k]) for k in first[key])
+
+
+def test_folder_dataset_with_labels(tmp_path):
+    """A folder of same-size PNGs with a labels file loads to [-1, 1]; a mismatched labels file is a clear error."""
+    import numpy as np
+    from PIL import Image
+    from harness.data import load_image_folder
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 12, 12), dtype=np.uint8)
+    for i, img in enumerate(pixels):
+        Image.fromarray(img).save(tmp_path / f"img{i}.png")
+    (tmp_path / "labels.txt").write_text("0\n2\n1\n2\n0\n")
+    data = load_image_folder(str(tmp_path), str(tmp_path / "labels.txt"))
+    assert data.images.shape == (5, 1, 12, 12) and data.num_classes == 3
+    assert data.images.min() >= -1 and data.images.max() <= 1
+    assert np.allclose((data.images[:, 0].numpy() + 1) * 127.5, pixels)
+    assert data.labels.tolist() == [0, 2, 1, 2, 0]
+    (tmp_path / "short.txt").write_text("0\n1\n")
+    with pytest.raises(ValueError, match="has 2 lines but the folder has 5 images"):
+        load_image_folder(str(tmp_path), str(tmp_path / "short.txt"))
+    Image.fromarray(pixels[0][:8, :8]).save(tmp_path / "odd.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        load_image_folder(str(tmp_path))
