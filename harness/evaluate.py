@@ -215,7 +215,18 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
 
 
 def run_job(job: dict) -> list[dict]:
-    """The whole job of one stage: train (or resume) then evaluate. This is what the executor runs."""
+    """The whole job of one stage: train (or resume) then evaluate. This is what the executor runs.
+
+    A lock on the run folder refuses a second copy of the same job (two writers would interleave checkpoints).
+    """
+    import fcntl
     from .train import train_stage
 
-    return evaluate_stage(job, train_stage(job))
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{run_dir.name} is already running in another process; wait for it or stop it") from None
+        return evaluate_stage(job, train_stage(job))

@@ -122,6 +122,14 @@ class Recipe(Strict):
             raise ValueError("name must be letters, digits, '_', '-', '.' (no path parts), e.g. digits")
         return v
 
+    @model_validator(mode="after")
+    def _guidance_needs_unconditional_teacher(self):
+        scd_guidance = self.stages.scd.guidance if self.stages.scd else 1.0
+        if max(self.evaluation.guidance, scd_guidance) > 1.0 and self.stages.teacher.label_dropout == 0:
+            raise ValueError("classifier-free guidance > 1 needs a teacher trained with label dropout; "
+                             "set stages.teacher.label_dropout (e.g. 0.1) or guidance: 1.0")
+        return self
+
     def stage(self, method: str) -> StageConfig | None:
         return getattr(self.stages, method)
 

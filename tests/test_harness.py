@@ -39,6 +39,9 @@ def test_shipped_recipes_validate():
     (lambda r: r["network"].update(name="resnet"), "network.name"),
     (lambda r: r.update(name="../escape"), "name"),
     (lambda r: r["evaluation"].update(consistency_nfe=[0]), "evaluation.consistency_nfe"),
+    (lambda r: r["network"].update(channels=50), "attention heads"),
+    (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["evaluation"].update(guidance=1.5)),
+     "needs a teacher trained with label dropout"),
 ])
 def test_bad_recipe_names_the_field(tmp_path, edit, expected):
     recipe = yaml.safe_load((ROOT / "recipes" / "digits.yaml").read_text())
@@ -209,3 +212,16 @@ def test_folder_dataset_with_labels(tmp_path):
     Image.fromarray(pixels[0][:8, :8]).save(tmp_path / "odd.png")
     with pytest.raises(ValueError, match="differ in size"):
         load_image_folder(str(tmp_path))
+
+
+def test_second_copy_of_a_running_job_is_refused(tmp_path):
+    import fcntl
+    from harness.evaluate import run_job
+
+    job = _short_job(tmp_path)
+    Path(job["run_dir"]).mkdir(parents=True)
+    with open(Path(job["run_dir"]) / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="already running"):
+            run_job(job)
+    assert not (Path(job["run_dir"]) / "checkpoints").exists()
