@@ -20,7 +20,8 @@ def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
     jobs = {"teacher": {"method": "teacher", "id": f"teacher-{teacher_id}"}}
     for method in STUDENTS:
         if recipe.stage(method) is not None:
-            jobs[method] = {"method": method, "id": f"{method}-{config_hash(teacher_id, method, recipe.stage(method).model_dump())}"}
+            student_id = config_hash(teacher_id, method, recipe.stage(method).model_dump())
+            jobs[method] = {"method": method, "id": f"{method}-{student_id}"}
     recipe_dict = recipe.model_dump(mode="json")
     for job in jobs.values():
         job.update(recipe=recipe_dict, runs_root=str(runs_root),
