@@ -130,11 +130,12 @@ def generate(net, recipe: Recipe, shape, labels, sampler: str, steps: int):
     """
     import torch
     from scm.sampling import consistency_sample, guided, teacher_sample
+    from .train import net_device
 
     ev, sd = recipe.evaluation, recipe.sigma_data
     guidance = ev.guidance if sampler != "consistency" and labels is not None else 1.0
     n = len(labels) if labels is not None else ev.samples_per_class
-    where = next(net.parameters()).device
+    where = net_device(net)
     z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(recipe.seed + 1000)) * sd  # same on any device
     step_rng = torch.Generator(device=where).manual_seed(recipe.seed + 2000)
     outs, nfe = [], 0

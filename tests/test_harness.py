@@ -75,6 +75,7 @@ def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
 
 def test_short_digits_training_lowers_loss(tmp_path):
     """A real teacher run on the digits: the loss falls and stays finite; the final checkpoint exists."""
+    import torch
     from harness.launch import plan_jobs
     from harness.train import train_stage
 
@@ -84,7 +85,7 @@ def test_short_digits_training_lowers_loss(tmp_path):
     recipe_dict = job["recipe"]
     recipe_dict["stages"]["teacher"].update(steps=150, batch_size=64, checkpoint_every=50)
     checkpoint = train_stage(job)
-    history = __import__("torch").load(checkpoint, weights_only=True)["history"]
+    history = torch.load(checkpoint, weights_only=True)["history"]
     losses = [h["mse"] for h in history]
     assert all(map(lambda v: v == v and abs(v) < 1e6, losses))
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
