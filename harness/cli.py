@@ -91,5 +91,77 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
         console.print(view)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("jvp")
+def bench_jvp(network: list[str] = typer.Option(["toy", "S"], "--network", "-n",
+                                                help="toy (the digits U-Net, batch 128) and/or S (EDM2-S at 16x16)."),
+              batch: int = typer.Option(None, help="Batch size (default: each network's own)."),
+              repeats: int = typer.Option(7, min=1, help="Timed rounds; each round runs every case once."),
+              guidance: float = typer.Option(1.0, min=1.0, help="sCD teacher CFG scale (> 1: two teacher passes)."),
+              threads: int = typer.Option(None, min=1, help="torch threads (default: all cores)."),
+              csv: Path = typer.Option(None, help="Also write the rows to this CSV file.")):
+    """Forward vs JVP (torch.func reference and our dual pass) vs sCT / sCD training steps: time and peak memory."""
+    from .bench import NETWORKS, run_jvp_bench
+
+    unknown = [n for n in network if n not in NETWORKS]
+    if unknown:
+        _fail(f"unknown --network {unknown[0]!r}; choose from {list(NETWORKS)}")
+    import pandas as pd
+    import torch
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    if threads:
+        torch.set_num_threads(threads)
+    console = Console()
+    rows = []
+    for name in network:
+        part = run_jvp_bench(name, batch, repeats, guidance,
+                             lambda it, name=name: track(it, description=f"{name}: timing", console=console))
+        rows += part
+        first = part[0]
+        view = Table(title=f"{name}: {first['name']}, {first['params'] / 1e6:.1f} M params, batch {first['batch']} "
+                           f"x {'x'.join(map(str, first['shape']))}, {first['device']}, {first['threads']} threads")
+        for column in ("case", "median ms", "ratio", "vs", "peak MB", "peak ratio", "target"):
+            view.add_column(column, justify="left" if column in ("case", "vs") else "right")
+        for r in part:
+            met = "" if r["target"] is None else (" ok" if r["ratio"] <= r["target"] else " MISSED")
+            view.add_row(r["case"], f"{r['ms']:.1f}", f"{r['ratio']:.2f}x", r["baseline"], f"{r['peak_mb']:.1f}",
+                         f"{r['peak_ratio']:.2f}x", "" if r["target"] is None else f"<= {r['target']}x{met}")
+        console.print(view)
+    if csv:
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        console.print(f"rows written to {csv}")
+
+
+@bench_app.command("precision")
+def bench_precision(csv: Path = typer.Option(None, help="Also write the rows to this CSV file.")):
+    """Half-precision (bf16, fp16 autocast) tangent vs float64 across t in [0, t_max]: rearranged vs naive tangent,
+    c_noise = t vs EDM's log-sigma, on a tiny EDM2-style U-Net."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+    from .precision import precision_rows
+
+    console = Console(width=200)
+    with console.status("float64 references and bf16 / fp16 tangents ..."):
+        rows = pd.DataFrame(precision_rows())
+    table = rows.pivot_table(index=["network", "form", "dtype"], columns="t", values="relative_error", sort=False,
+                             dropna=False)
+    view = Table(title="relative error of sd cos(t) sin(t) dF/dt vs float64 (inf: overflow / non-finite; "
+                       "nan: the float64 reference itself is undefined)")
+    for column in ("network", "form", "dtype", *[f"t={t:.4g}" for t in table.columns]):
+        view.add_column(column, justify="left" if not column.startswith("t=") else "right")
+    for (network, form, dtype), values in table.iterrows():
+        view.add_row(network, form, dtype, *[f"{v:.1e}" for v in values])
+    console.print(view)
+    if csv:
+        rows.to_csv(csv, index=False)
+
+
 if __name__ == "__main__":
     app()

@@ -115,6 +115,7 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view) ->
     for method, job in jobs.items():
         job.update(init=init, threads=max(1, cores // len(jobs)))
         submitted[method] = (job, _submit(job, executor))
-    for result in _wait(submitted, progress_view).values() if submitted else []:
-        rows.extend(result)
+    results = _wait(submitted, progress_view) if submitted else {}
+    for method in submitted:  # recipe order, not completion order, so reruns list rows identically
+        rows.extend(results[method])
     return rows

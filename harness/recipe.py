@@ -30,15 +30,32 @@ class DataConfig(Strict):
 
 
 class NetworkConfig(Strict):
-    name: Literal["toy-unet", "mlp"] = "toy-unet"
-    channels: int = Field(32, gt=0)
-    channel_mult: list[int] = Field([1, 2], min_length=1)
-    blocks_per_level: int = Field(2, gt=0)
-    attn_resolutions: list[int] = [4]
+    """A network of the `scm.nets` registry. Fields left unset take that network's own default (EDM2 config G,
+    EDM's DDPM++); `channels` is the base width (model channels) and `size` picks an EDM2 preset S..XXL."""
+    name: Literal["toy-unet", "mlp", "unet-edm2", "ddpmpp"] = "toy-unet"
+    size: Literal["S", "M", "L", "XL", "XXL"] | None = None  # unet-edm2 only
+    channels: int | None = Field(None, gt=0)
+    channel_mult: list[int] | None = Field(None, min_length=1)
+    blocks_per_level: int | None = Field(None, gt=0)
+    attn_resolutions: list[int] | None = None
+    time_embedding: Literal["positional", "fourier"] = "positional"  # sCM Sec. 4.1: positional; Fig. 4 compares
+    fourier_scale: float = Field(16.0, gt=0)
+    c_noise: Literal["t", "log-sigma"] = "t"  # TrigFlow: c_noise(t) = t
+    modulation: Literal["double-norm", "edm2"] = "double-norm"  # unet-edm2 only
+    dropout_max_resolution: int | None = Field(None, gt=0)  # dropout only at res <= this (sCM App. G: 16)
+    guidance_input: bool = False  # sCD on ImageNet 512: the student takes the CFG scale s
+
+    @model_validator(mode="after")
+    def _only_where_meaningful(self):
+        if self.name != "unet-edm2" and (self.size or self.modulation != "double-norm"):
+            raise ValueError(f"network.size and network.modulation apply to unet-edm2, not {self.name}")
+        return self
 
     @model_validator(mode="after")
     def _attention_heads_fit(self):
-        widths = [self.channels * m for m in self.channel_mult]
+        if self.name != "toy-unet":
+            return self
+        widths = [(self.channels or 32) * m for m in (self.channel_mult or [1, 2])]
         bad = [w for w in widths if w <= 0 or w % max(1, w // 32)]  # heads of about 32 channels must divide w
         if bad:
             raise ValueError(f"network widths {bad} (channels x channel_mult) must split into attention heads of "
@@ -66,7 +83,7 @@ class TangentConfig(Strict):
     normalization: Literal["norm", "clip", "none"] = "norm"
     norm_constant: float = Field(0.1, gt=0)  # c, Alg. 1
     warmup_steps: int = Field(10_000, ge=0)  # H, Alg. 1
-    jvp_method: Literal["torch-func"] = "torch-func"
+    jvp_method: Literal["dual", "torch-func"] = "dual"  # dual: one pass with tangent rules; torch-func: reference
 
 
 class StageConfig(Strict):

@@ -17,14 +17,26 @@ def build_model(recipe: Recipe, data_shape, num_classes: int, stage=None):
 
     net = recipe.network
     channels, resolution = data_shape[0], data_shape[-1]
-    settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0)
-    if net.name == "toy-unet":
-        settings.update(resolution=resolution, in_channels=channels, channels=net.channels,
-                        channel_mult=tuple(net.channel_mult), blocks_per_level=net.blocks_per_level,
-                        attn_resolutions=tuple(net.attn_resolutions), dropout=stage.dropout if stage else 0.0)
-    else:
+    settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0,
+                    time_embedding=net.time_embedding, fourier_scale=net.fourier_scale, c_noise=net.c_noise,
+                    guidance_input=net.guidance_input)
+    chosen = {key: tuple(value) if isinstance(value, list) else value for key, value in
+              dict(channel_mult=net.channel_mult, attn_resolutions=net.attn_resolutions).items() if value is not None}
+    dropout = stage.dropout if stage else 0.0
+    if net.name == "mlp":
         settings.update(dim=int(channels * data_shape[1] * data_shape[2]) if len(data_shape) == 3 else channels,
-                        hidden=net.channels, depth=net.blocks_per_level)
+                        hidden=net.channels or 128, depth=net.blocks_per_level or 4)
+        return build_network(net.name, **settings)
+    settings.update(chosen, resolution=resolution, dropout=dropout)
+    width = {} if net.channels is None else {"channels" if net.name == "toy-unet" else "model_channels": net.channels}
+    if net.name == "toy-unet":
+        settings.update(width, in_channels=channels, **({} if net.blocks_per_level is None else
+                                                        {"blocks_per_level": net.blocks_per_level}))
+    else:  # unet-edm2, ddpmpp: `channels` is the image's channel count there
+        settings.update(width, channels=channels, dropout_max_resolution=net.dropout_max_resolution,
+                        **({} if net.blocks_per_level is None else {"num_blocks": net.blocks_per_level}))
+        if net.name == "unet-edm2":
+            settings.update(size=net.size or "S", modulation=net.modulation)
     return build_network(net.name, **settings)
 
 
@@ -160,6 +172,8 @@ def train_stage(job: dict) -> str:
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(stage.optimizer, state.step)
         state.optimizer.step()
+        if hasattr(state.net, "normalize_weights_"):  # EDM2's forced weight normalization, outside forward
+            state.net.normalize_weights_()
         state.ema.update(state.net, state.step)
         window.append({k: float(v) for k, v in diag.items()})
         state.elapsed = time.time() - start

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from .nets.ops import Dual
 from .trigflow import expand
 
 NetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t / sd, t) -> F
@@ -25,7 +26,19 @@ def jvp_reference(F: NetFn, x: torch.Tensor, t: torch.Tensor, x_tangent: torch.T
         return torch.func.jvp(F, (x, t), (x_tangent, t_tangent))
 
 
-JVP_METHODS = {"torch-func": jvp_reference}
+def jvp_dual(F: NetFn, x: torch.Tensor, t: torch.Tensor, x_tangent: torch.Tensor,
+             t_tangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F(x, t), dF[x_tangent, t_tangent]) in one pass of `ops.Dual` values through a network written in `ops`:
+    each conv / linear runs once on [primal; tangent], each nonlinearity applies its tangent rule."""
+    with torch.no_grad():
+        out = F(Dual.of(x, x_tangent), Dual.of(t, t_tangent))
+    if not isinstance(out, Dual):
+        raise TypeError("the network returned a plain tensor for Dual inputs: it is not written in scm.nets.ops; "
+                        "use jvp_method: torch-func")
+    return out.primal, out.tangent
+
+
+JVP_METHODS = {"torch-func": jvp_reference, "dual": jvp_dual}
 
 
 def network_tangent(F: NetFn, x_t: torch.Tensor, t: torch.Tensor, dxt_dt: torch.Tensor,

@@ -18,7 +18,7 @@ class TangentSettings:
     normalization: str = "norm"  # "norm": g / (||g|| + c); "clip": clamp to [-1, 1]; "none"
     norm_constant: float = 0.1  # c, Alg. 1
     warmup_steps: int = 10_000  # H, Alg. 1 / Sec. 4.3
-    jvp_method: str = "torch-func"
+    jvp_method: str = "dual"  # "dual": one pass through the network's ops; "torch-func": the reference
 
 
 def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
@@ -54,24 +54,39 @@ def _set_rng_state(device, state):
     (torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state))
 
 
+def _guidance_scales(guidance, batch: int, generator, like: torch.Tensor):
+    """One CFG scale, or s ~ U[lo, hi] per sample for a student that takes s as an input (sCD, ImageNet 512)."""
+    if isinstance(guidance, (tuple, list)):
+        lo, hi = guidance
+        u = torch.rand(batch, generator=generator, device=like.device, dtype=like.dtype)
+        return lo + (hi - lo) * u
+    return guidance
+
+
 def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_std: float,
                      tangent: TangentSettings = TangentSettings(), teacher: Callable | None = None,
-                     guidance: float = 1.0, sigma_data: float = trigflow.SIGMA_DATA, generator=None):
-    """sCT (teacher=None: dx_t/dt = cos t z - sin t x0) or sCD (dx_t/dt from the teacher), Algorithm 1."""
+                     guidance: float | tuple[float, float] = 1.0, sigma_data: float = trigflow.SIGMA_DATA,
+                     generator=None):
+    """sCT (teacher=None: dx_t/dt = cos t z - sin t x0) or sCD (dx_t/dt from the teacher), Algorithm 1.
+
+    sCD's teacher runs with CFG at `guidance`; a (lo, hi) range draws s per sample, and a student built with a
+    guidance input (`net.takes_guidance`) is told s."""
     sd = sigma_data
     t = trigflow.sample_time(x0.shape[0], p_mean, p_std, sd, generator, x0.device, x0.dtype)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * sd
     x_t = trigflow.interpolate(x0, z, t)
+    s = _guidance_scales(guidance, x0.shape[0], generator, x0)
+    student_kwargs = {"guidance": s} if getattr(net, "takes_guidance", False) else {}
     if teacher is None:
         dxt_dt = trigflow.velocity_target(x0, z, t)
     else:
         with torch.no_grad():
-            dxt_dt = sd * guided(teacher, class_labels, guidance)(x_t / sd, t)  # sCD: sd F_pretrain, with CFG
+            dxt_dt = sd * guided(teacher, class_labels, s)(x_t / sd, t)  # sCD: sd F_pretrain, with CFG
 
     # The JVP pass and the gradient pass must see the same dropout masks: replay the RNG.
     rng = _rng_state(x0.device)
-    F_minus, sd_cs_dF_dt = network_tangent(lambda x, tt: net(x, tt, class_labels), x_t, t, dxt_dt, sd,
-                                           tangent.jvp_method)
+    F_minus, sd_cs_dF_dt = network_tangent(lambda x, tt: net(x, tt, class_labels, **student_kwargs), x_t, t,
+                                           dxt_dt, sd, tangent.jvp_method)
     r = min(1.0, step / tangent.warmup_steps) if tangent.warmup_steps > 0 else 1.0  # tangent warmup
     T = expand(t, x_t)
     g = -torch.cos(T) ** 2 * (sd * F_minus - dxt_dt) - r * (torch.cos(T) * torch.sin(T) * x_t + sd_cs_dF_dt)  # g
@@ -84,7 +99,7 @@ def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_
         raise ValueError(f"unknown tangent normalization {tangent.normalization!r}; use norm, clip or none")
 
     _set_rng_state(x0.device, rng)
-    F_out = net(x_t / sd, t, class_labels)
+    F_out = net(x_t / sd, t, class_labels, **student_kwargs)
     w = weight(t)
     loss = _weighted_mse(F_out, F_minus + g, w)
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm.mean(), "w_mean": w.detach().mean(),

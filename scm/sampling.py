@@ -13,14 +13,16 @@ from .trigflow import consistency_function
 INTERMEDIATE_T = 1.1  # 2-step sampling, "t = 1.1 for every experiment" (Sec. 5)
 
 
-def guided(net, class_labels=None, guidance: float = 1.0):
-    """F with classifier-free guidance: F_u + s (F_c - F_u); s = 1 (or no labels) is the plain conditional F."""
-    if guidance == 1.0 or class_labels is None:
+def guided(net, class_labels=None, guidance: float | torch.Tensor = 1.0):
+    """F with classifier-free guidance: F_u + s (F_c - F_u); s = 1 (or no labels) is the plain conditional F.
+    `guidance` is one scale or one per sample (sCD on ImageNet 512 draws s ~ U[1, 2] per sample)."""
+    if class_labels is None or (not torch.is_tensor(guidance) and guidance == 1.0):
         return lambda x, t: net(x, t, class_labels)
 
     def F(x, t):
         uncond = net(x, t, None)
-        return uncond + guidance * (net(x, t, class_labels) - uncond)
+        s = trigflow.expand(guidance, x) if torch.is_tensor(guidance) else guidance
+        return uncond + s * (net(x, t, class_labels) - uncond)
     return F
 
 

@@ -40,6 +40,9 @@ def test_shipped_recipes_validate():
     (lambda r: r.update(name="../escape"), "name"),
     (lambda r: r["evaluation"].update(consistency_nfe=[0]), "evaluation.consistency_nfe"),
     (lambda r: r["network"].update(channels=50), "attention heads"),
+    (lambda r: r["network"].update(size="S"), "network.size and network.modulation apply to unet-edm2"),
+    (lambda r: r["network"].update(c_noise="sigma"), "network.c_noise"),
+    (lambda r: r["stages"]["sct"]["tangent"].update(jvp_method="forward-ad"), "stages.sct.tangent.jvp_method"),
     (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["evaluation"].update(guidance=1.5)),
      "needs a teacher trained with label dropout"),
 ])
@@ -52,6 +55,30 @@ def test_bad_recipe_names_the_field(tmp_path, edit, expected):
         load_recipe(path)
     message = str(error.value)
     assert str(path) in message and expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("network", [
+    {"name": "unet-edm2", "channels": 16, "channel_mult": [1, 2], "blocks_per_level": 1, "attn_resolutions": [4]},
+    {"name": "ddpmpp", "channels": 16, "channel_mult": [1, 2], "blocks_per_level": 1, "attn_resolutions": [4],
+     "time_embedding": "fourier", "fourier_scale": 0.5},
+])
+def test_paper_networks_train_from_a_recipe(tmp_path, network):
+    """The registry's paper networks build from recipe fields and train; EDM2's weights are renormalized after
+    each optimizer step (forced weight normalization), never inside forward."""
+    import torch
+    from harness.launch import plan_jobs
+    from harness.train import train_stage
+
+    recipe = load_recipe(tiny_recipe(tmp_path, network=network))
+    job = plan_jobs(recipe, tmp_path / "runs")["teacher"]
+    job.update(threads=1)
+    job["recipe"]["stages"]["teacher"].update(steps=3, batch_size=8)
+    state = torch.load(train_stage(job), weights_only=True)
+    assert state["step"] == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in state["history"])
+    if network["name"] == "unet-edm2":
+        weights = [v for k, v in state["net"].items() if k.endswith("weight") and v.dim() >= 2]
+        rms = torch.stack([w.flatten(1).square().mean(1).sqrt().mean() for w in weights])
+        torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("text, expected", [("", "YAML mapping"), ("a: [1, 2", "not valid YAML"),

@@ -18,6 +18,8 @@ from scm.gaussian import GaussianData
 from scm.jvp import network_tangent
 from scm.kernels import attention
 from scm.objectives import TangentSettings, consistency_loss, diffusion_loss
+
+CLOSED_FORM_JVP = "torch-func"  # the Gaussian closed forms are plain functions, not networks written in scm.nets.ops
 from scm.trigflow import expand
 from scm.weighting import AdaptiveWeight
 
@@ -137,7 +139,7 @@ def test_exact_consistency_pair_has_zero_tangent_float64(gaussian3: GaussianData
 
 def test_scd_tangent_vanishes_for_exact_teacher_and_student(gaussian3: GaussianData):
     x0 = gaussian3.sample(256, generator=torch.Generator().manual_seed(31))
-    settings = TangentSettings(normalization="none")
+    settings = TangentSettings(normalization="none", jvp_method=CLOSED_FORM_JVP)
     teacher = time_in_input_dtype(gaussian3.F_diffusion)
 
     def run(F, teacher=teacher):
@@ -176,7 +178,7 @@ def test_scd_tangent_matches_paper_formula(gaussian3: GaussianData):
     F = lambda x, tt, c=None: gaussian3.F_consistency(x, tt) + 0.1 * x  # noqa: E731
     for step, r in [(0, 0.0), (2_500, 0.25), (50_000, 1.0)]:
         loss, diag = consistency_loss(time_in_input_dtype(F), float64_weight(), x0, None, step, P_MEAN, P_STD,
-                                      TangentSettings(normalization="none"),
+                                      TangentSettings(normalization="none", jvp_method=CLOSED_FORM_JVP),
                                       teacher=time_in_input_dtype(gaussian3.F_diffusion),
                                       generator=torch.Generator().manual_seed(34))
         t, z = replay_time_and_noise(x0, P_MEAN, P_STD, 34)
@@ -199,7 +201,7 @@ def test_sct_tangent_is_zero_only_in_expectation(gaussian3: GaussianData):
     x0 = gaussian3.sample(n, generator=torch.Generator().manual_seed(35))
     loss, diag = consistency_loss(time_in_input_dtype(gaussian3.F_consistency), float64_weight(), x0, None,
                                   step=10_000, p_mean=P_MEAN, p_std=P_STD,
-                                  tangent=TangentSettings(normalization="none"),
+                                  tangent=TangentSettings(normalization="none", jvp_method=CLOSED_FORM_JVP),
                                   generator=torch.Generator().manual_seed(36))
     t, x_t, F_minus, tangent = rebuild_sct(time_in_input_dtype(gaussian3.F_consistency), x0, 36, r=1.0)
     assert diag["tangent_norm"].item() == pytest.approx(tangent.norm(dim=1).mean().item(), rel=1e-10)
