@@ -116,10 +116,7 @@ def add(a: Value, b: Value, alpha: float = 1.0) -> Value:
         both = dual.both.clone() if is_dual(a) else dual.both * alpha
         both[: dual.batch] += const
         return Dual(both)
-    if is_dual(a) and is_dual(b):
-        return Dual(torch.add(a.both, b.both, alpha=alpha))
-    a, b = _as_dual(a), _as_dual(b)
-    return Dual(torch.add(a.both, b.both, alpha=alpha))
+    return Dual(torch.add(_as_dual(a).both, _as_dual(b).both, alpha=alpha))
 
 
 def cat(xs: list[Value], dim: int = 1) -> Value:
