@@ -98,6 +98,7 @@ class StageConfig(Strict):
     checkpoint_every: int = Field(500, gt=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
     guidance: float = Field(1.0, ge=1.0)  # sCD: the teacher's CFG scale
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the losses (forward, JVP); fp16 scales grads
 
 
 class EvaluationConfig(Strict):

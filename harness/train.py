@@ -95,6 +95,8 @@ class TrainState:
         self.data_rng = torch.Generator().manual_seed(recipe.seed + 1)
         self.noise_rng = torch.Generator(device=net_device(net)).manual_seed(recipe.seed + 2)  # t and z
         self.step, self.elapsed, self.history = 0, 0.0, []
+        # fp16 needs loss scaling (its range ends at 65504); bf16 has fp32's range
+        self.scaler = torch.amp.GradScaler(net_device(net).type, enabled=stage.precision == "fp16")
 
     def state_dict(self) -> dict:
         import torch
@@ -103,6 +105,7 @@ class TrainState:
                 "optimizer": self.optimizer.state_dict(), "ema": self.ema.ema.state_dict(),
                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
                 "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed, "history": self.history,
+                "scaler": self.scaler.state_dict(),
                 **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
 
     def load_state_dict(self, state: dict) -> None:
@@ -118,6 +121,8 @@ class TrainState:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.elapsed, self.history = state["step"], state["elapsed"], state["history"]
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def _loss(method, stage, recipe, state: TrainState, data, teacher, tangent):
@@ -162,16 +167,20 @@ def train_stage(job: dict) -> str:
 
     tangent = TangentSettings(**stage.tangent.model_dump())
     window, last_report, start = [], time.time(), time.time() - state.elapsed
+    autocast = torch.autocast(device().type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        stage.precision), enabled=stage.precision != "fp32")
     while state.step < stage.steps:
-        loss, diag = _loss(method, stage, recipe, state, data, teacher, tangent)
+        with autocast:
+            loss, diag = _loss(method, stage, recipe, state, data, teacher, tangent)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{method}: non-finite loss at step {state.step + 1} ({diag})")
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        state.scaler.scale(loss).backward()
         state.step += 1
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(stage.optimizer, state.step)
-        state.optimizer.step()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
         if hasattr(state.net, "normalize_weights_"):  # EDM2's forced weight normalization, outside forward
             state.net.normalize_weights_()
         state.ema.update(state.net, state.step)

@@ -81,6 +81,27 @@ def test_paper_networks_train_from_a_recipe(tmp_path, network):
         torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_stages_train(tmp_path, precision):
+    """Autocast around the losses (forward, the tangent pass, sCD's teacher); fp16 with loss scaling, whose state is
+    checkpointed. A few steps of teacher then sCD stay finite."""
+    import torch
+    from harness import store
+    from harness.launch import plan_jobs
+    from harness.train import train_stage
+
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    jobs = plan_jobs(recipe, tmp_path / "runs")
+    for method in ("teacher", "scd"):
+        job = jobs[method]
+        job.update(threads=1, **({"init": str(store.checkpoint_path(Path(jobs["teacher"]["run_dir"]), 3))}
+                                 if method == "scd" else {}))
+        job["recipe"]["stages"][method].update(steps=3, batch_size=8, precision=precision)
+        state = torch.load(train_stage(job), weights_only=True)
+        assert state["step"] == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in state["history"])
+        assert bool(state["scaler"]) == (precision == "fp16")
+
+
 @pytest.mark.parametrize("text, expected", [("", "YAML mapping"), ("a: [1, 2", "not valid YAML"),
                                             ("- 1\n- 2\n", "YAML mapping")])
 def test_empty_or_broken_yaml(tmp_path, text, expected):

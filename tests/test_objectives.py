@@ -433,3 +433,40 @@ def test_objectives_accept_float64_networks():
     g = torch.Generator().manual_seed(0)
     diffusion_loss(net, AdaptiveWeight(), x0, None, P_MEAN, P_STD, generator=g)
     consistency_loss(net, AdaptiveWeight(), x0, None, 100, P_MEAN, P_STD, generator=g)
+
+
+def test_scd_guidance_range_draws_one_scale_per_sample_and_tells_the_student():
+    """guidance=(lo, hi): s ~ U[lo, hi] per sample (drawn after t and z), the teacher runs CFG at each sample's s,
+    and a student built with a guidance input receives that same s (sCD on ImageNet 512, s ~ U[1, 2])."""
+    from scm.sampling import guided
+
+    seen = {}
+
+    class Student(torch.nn.Module):
+        takes_guidance = True
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.3, dtype=F64))
+
+        def forward(self, x, t, class_labels=None, guidance=None):
+            seen.setdefault("guidance", []).append(guidance)
+            return self.scale * x * torch.cos(t).view(-1, 1) + 0.1 * guidance.view(-1, 1)
+
+    def teacher(x, t, class_labels=None):
+        return 0.5 * x if class_labels is None else 0.8 * x  # CFG: 0.5 x + s (0.3 x)
+
+    x0 = torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(40))
+    labels = torch.arange(6) % 3
+    consistency_loss(Student(), float64_weight(), x0, labels, 10, P_MEAN, P_STD,
+                     TangentSettings(jvp_method=CLOSED_FORM_JVP), teacher=teacher, guidance=(1.0, 2.0),
+                     generator=torch.Generator().manual_seed(41))
+    g = torch.Generator().manual_seed(41)  # the objective's draws: t, then z, then s
+    t = trigflow.sample_time(6, P_MEAN, P_STD, SD, g, x0.device, x0.dtype)
+    torch.randn(x0.shape, generator=g, dtype=F64)
+    s = 1.0 + torch.rand(6, generator=g, dtype=F64)
+    assert len(seen["guidance"]) == 2  # the tangent pass and the gradient pass
+    for got in seen["guidance"]:
+        torch.testing.assert_close(got, s)
+    x = torch.randn(6, 3, dtype=F64)
+    torch.testing.assert_close(guided(teacher, labels, s)(x, t), 0.5 * x + s.view(-1, 1) * 0.3 * x)
