@@ -98,7 +98,7 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("jvp")
 def bench_jvp(network: list[str] = typer.Option(["toy", "S"], "--network", "-n",
                                                 help="toy (the digits U-Net, batch 128) and/or S (EDM2-S at 16x16)."),
-              batch: int = typer.Option(None, help="Batch size (default: each network's own)."),
+              batch: int = typer.Option(None, min=1, help="Batch size (default: each network's own)."),
               repeats: int = typer.Option(7, min=1, help="Timed rounds; each round runs every case once."),
               guidance: float = typer.Option(1.0, min=1.0, help="sCD teacher CFG scale (> 1: two teacher passes)."),
               threads: int = typer.Option(None, min=1, help="torch threads (default: all cores)."),

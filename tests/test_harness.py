@@ -111,6 +111,23 @@ def test_empty_or_broken_yaml(tmp_path, text, expected):
         load_recipe(path)
 
 
+def test_bench_jvp_command_runs_and_writes_every_case(tmp_path):
+    """A smoke run of `scm-bench bench jvp` (tiny batch, one round): every case timed and measured, ratios > 0."""
+    import pandas as pd
+
+    csv = tmp_path / "bench.csv"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "jvp", "-n", "toy", "--batch", "4",
+                           "--repeats", "1", "--threads", "1", "--csv", str(csv)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = pd.read_csv(csv)
+    assert len(rows) == 8 and (rows.ms > 0).all() and (rows.peak_mb > 0).all()
+    assert rows.set_index("case").loc["JVP dual (ours)", "target"] == 2.0
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "jvp", "-n", "huge"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown --network 'huge'" in bad.stderr
+
+
 def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\nstages: {teacher: {steps: 5, lernrate: 1}}\n")
