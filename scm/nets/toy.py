@@ -10,7 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import ops
-from .layers import (AttentionBlock, Conv2d, Linear, Modulations, ResBlock, c_noise, guidance_scales,
+from .layers import (AdaptiveDoubleNorm, AttentionBlock, Conv2d, Linear, Modulations, ResBlock, c_noise, guidance_scales,
                      time_embedding)
 
 
@@ -91,6 +91,7 @@ class ToyUNet(nn.Module):
         self.conv_out = Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.adaptive_norms = [m for m in self.modules() if isinstance(m, AdaptiveDoubleNorm)]  # a plain list
 
     @staticmethod
     def _block(cin, cout, emb, dropout, attn):
@@ -103,7 +104,7 @@ class ToyUNet(nn.Module):
 
     def forward(self, x: ops.Value, t: ops.Value, class_labels: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None) -> ops.Value:
-        emb = Modulations(self, self.embed(t, class_labels, guidance))
+        emb = Modulations(self.adaptive_norms, self.embed(t, class_labels, guidance))
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
