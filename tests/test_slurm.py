@@ -1,0 +1,87 @@
+"""Real Slurm through submitit (no mocks): run `scripts/slurm-local.sh start` and export SLURM_CONF first.
+
+Skipped when no cluster answers, unless SCM_BENCH_REQUIRE_SLURM=1, which turns a missing cluster into a failure.
+"""
+import operator
+import os
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+
+def _reachable() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return done.returncode == 0 and any(s in done.stdout for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture(scope="module")
+def executor_factory(tmp_path_factory):
+    if not _reachable():
+        if os.environ.get("SCM_BENCH_REQUIRE_SLURM") == "1":
+            pytest.fail("SCM_BENCH_REQUIRE_SLURM=1 but no Slurm cluster answers sinfo; "
+                        "run scripts/slurm-local.sh start and export SLURM_CONF")
+        pytest.skip("no Slurm cluster reachable (scripts/slurm-local.sh start)")
+    import submitit
+
+    def make(name: str):
+        executor = submitit.AutoExecutor(folder=tmp_path_factory.mktemp(name), cluster="slurm")
+        executor.update_parameters(slurm_partition="debug", timeout_min=5, cpus_per_task=1, mem_gb=1)
+        return executor
+    return make
+
+
+def _sacct_state(job) -> str:
+    import time
+
+    for _ in range(40):  # accounting lags the job's end by a moment
+        job.watcher.update()
+        if job.state not in ("UNKNOWN", "PENDING", "RUNNING"):
+            return job.state
+        time.sleep(0.25)
+    return job.state
+
+
+def test_a_job_runs_and_accounting_sees_it_complete(executor_factory):
+    job = executor_factory("single").submit(operator.add, 2, 3)  # importable in the job (this test module is not)
+    assert job.result() == 5
+    assert _sacct_state(job) == "COMPLETED"
+
+
+def test_an_array_runs_every_task(executor_factory):
+    jobs = executor_factory("array").map_array(operator.add, [1, 2, 3], [10, 20, 30])
+    assert [job.result() for job in jobs] == [11, 22, 33]
+
+
+def test_afterok_dependency_waits_for_the_first_job(executor_factory, tmp_path):
+    import time
+
+    marker = tmp_path / "first-done"
+
+    def first():
+        time.sleep(2)
+        marker.write_text("x")
+
+    def second():
+        return marker.exists()
+
+    ex = executor_factory("dependency")
+    job1 = ex.submit(first)
+    ex.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{job1.job_id}"})
+    job2 = ex.submit(second)
+    assert job2.result() is True and job1.done()
+
+
+def test_a_failing_job_reports_its_exception(executor_factory):
+    import submitit
+
+    def boom():
+        raise ValueError("bad recipe value")
+
+    job = executor_factory("failing").submit(boom)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="bad recipe value"):
+        job.result()
