@@ -42,13 +42,19 @@ class ProgressView:
 
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digits.yaml."),
-        executor: str = typer.Option(None, help="local | debug (default: the recipe's)."),
+        executor: str = typer.Option(None, help="local | debug | slurm (default: the recipe's)."),
         runs_dir: Path = RUNS):
     """Train the recipe's teacher, then sCT and sCD from its EMA weights, and evaluate each at its NFEs."""
     spec = _load(recipe)
     kind = executor or spec.executor
-    if kind not in ("local", "debug"):
-        _fail(f"--executor {kind!r} is not available; use local or debug")
+    if kind not in ("local", "debug", "slurm"):
+        _fail(f"--executor {kind!r} is not available; use local, debug or slurm")
+    if kind == "slurm":
+        import shutil
+
+        if shutil.which("sbatch") is None:
+            _fail("--executor slurm but sbatch is not on PATH; run on a Slurm login node "
+                  "(or start one here: scripts/slurm-local.sh start)")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from .launch import run_recipe

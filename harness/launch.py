@@ -15,7 +15,7 @@ STUDENTS = ("sct", "scd")
 
 def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
     """The job specs of every stage the recipe enables, keyed by method."""
-    base = recipe.model_dump(exclude={"stages", "executor", "evaluation"})
+    base = recipe.model_dump(exclude={"stages", "executor", "resources", "evaluation"})
     teacher_id = config_hash(base, recipe.stages.teacher.model_dump())
     jobs = {"teacher": {"method": "teacher", "id": f"teacher-{teacher_id}"}}
     for method in STUDENTS:
@@ -29,23 +29,31 @@ def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
     return jobs
 
 
-def _executor(kind: str, folder: Path):
+def _executor(kind: str, folder: Path, resources=None):
     import submitit
 
     if kind == "debug":
         return submitit.DebugExecutor(folder=str(folder))
+    if kind == "slurm":
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        r = resources
+        wanted = dict(timeout_min=r.time_min, cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb,
+                      gpus_per_node=r.gpus_per_node or None, slurm_partition=r.partition, slurm_account=r.account,
+                      slurm_qos=r.qos, slurm_constraint=r.constraint)
+        executor.update_parameters(**{key: value for key, value in wanted.items() if value is not None})
+        return executor
     executor = submitit.LocalExecutor(folder=str(folder))
     executor.update_parameters(timeout_min=24 * 60)
     return executor
 
 
-def _submit(job: dict, kind: str):
+def _submit(job: dict, kind: str, resources=None):
     from .evaluate import run_job
 
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_json(run_dir / "job.json", job)
-    return _executor(kind, run_dir / "logs").submit(run_job, job)
+    return _executor(kind, run_dir / "logs", resources).submit(run_job, job)
 
 
 def job_error(error: Exception) -> str:
@@ -94,7 +102,7 @@ def preflight(recipe: Recipe) -> None:
     from .data import load_data
 
     data = load_data(recipe.data)
-    levels = len(recipe.network.channel_mult)
+    levels = len(recipe.network.channel_mult or (1, 2))  # (1, 2): ToyUNet's default
     if recipe.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
         raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} levels; "
                          f"the resolution must be divisible by {2 ** (levels - 1)}")
@@ -108,13 +116,14 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view) ->
     jobs = plan_jobs(recipe, runs_root)
     cores = os.cpu_count() or 1
     teacher = jobs.pop("teacher")
-    teacher["threads"] = cores
-    rows = _wait({"teacher": (teacher, _submit(teacher, executor))}, progress_view)["teacher"]
+    on_slurm = executor == "slurm"  # each job gets its own cpus_per_task there, not a share of this machine
+    teacher["threads"] = recipe.resources.cpus_per_task if on_slurm else cores
+    rows = _wait({"teacher": (teacher, _submit(teacher, executor, recipe.resources))}, progress_view)["teacher"]
     init = str(store.checkpoint_path(Path(teacher["run_dir"]), recipe.stages.teacher.steps))
     submitted = {}
     for method, job in jobs.items():
-        job.update(init=init, threads=max(1, cores // len(jobs)))
-        submitted[method] = (job, _submit(job, executor))
+        job.update(init=init, threads=recipe.resources.cpus_per_task if on_slurm else max(1, cores // len(jobs)))
+        submitted[method] = (job, _submit(job, executor, recipe.resources))
     results = _wait(submitted, progress_view) if submitted else {}
     for method in submitted:  # recipe order, not completion order, so reruns list rows identically
         rows.extend(results[method])

@@ -123,10 +123,23 @@ class StagesConfig(Strict):
     scd: StageConfig | None = None
 
 
+class ResourcesConfig(Strict):
+    """What each stage's job asks Slurm for (executor: slurm); ignored by the local and debug executors."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = Field(60, gt=0)
+    cpus_per_task: int = Field(2, gt=0)  # also the job's torch threads
+    gpus_per_node: int = Field(0, ge=0)
+    mem_gb: float | None = Field(None, gt=0)
+
+
 class Recipe(Strict):
     name: str
     seed: int = 0
-    executor: Literal["local", "debug"] = "local"
+    executor: Literal["local", "debug", "slurm"] = "local"
+    resources: ResourcesConfig = ResourcesConfig()
     sigma_data: float = Field(0.5, gt=0)
     data: DataConfig = DataConfig()
     network: NetworkConfig = NetworkConfig()

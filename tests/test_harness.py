@@ -128,6 +128,17 @@ def test_bench_jvp_command_runs_and_writes_every_case(tmp_path):
     assert bad.returncode == 2 and "unknown --network 'huge'" in bad.stderr
 
 
+def test_cli_slurm_without_sbatch_says_how_to_get_one(tmp_path):
+    import os
+
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no sbatch on this PATH
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(ROOT / "recipes" / "digits.yaml"),
+                           "--executor", "slurm", "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 2 and "sbatch is not on PATH" in done.stderr and "slurm-local.sh" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\nstages: {teacher: {steps: 5, lernrate: 1}}\n")

@@ -85,3 +85,24 @@ def test_a_failing_job_reports_its_exception(executor_factory):
     job = executor_factory("failing").submit(boom)
     with pytest.raises(submitit.core.utils.FailedJobError, match="bad recipe value"):
         job.result()
+
+
+def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
+    """`executor: slurm`: teacher, then sCT and sCD as real Slurm jobs, then the same rows a rerun reads back."""
+    from test_harness import tiny_recipe
+
+    from harness.launch import run_recipe
+    from harness.recipe import load_recipe
+
+    class Quiet:
+        def update(self, name, info):
+            pass
+
+    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm",
+                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
+    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
+    assert sorted((r["method"], r["nfe"]) for r in rows) == [("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2),
+                                                            ("teacher", 7)]
+    logs = list((tmp_path / "runs" / "tiny").glob("*/logs/*_log.out"))
+    assert len(logs) == 3  # one Slurm job per stage, its logs in the run directory
+    assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet()) == rows
