@@ -47,13 +47,26 @@ def _executor(kind: str, folder: Path, resources=None):
     return executor
 
 
-def _submit(job: dict, kind: str, resources=None):
-    from .evaluate import run_job
+def _stage_job():
+    import submitit
 
+    class StageJob(submitit.helpers.Checkpointable):
+        """A stage's job: train (resuming from its newest checkpoint) then evaluate. When Slurm signals preemption
+        or the time limit, submitit calls checkpoint(), whose default resubmits this same call: the requeued job
+        resumes from the newest checkpoint, and since resume is exact it ends where an uninterrupted run would."""
+
+        def __call__(self, job: dict) -> list[dict]:
+            from .evaluate import run_job
+
+            return run_job(job)
+    return StageJob()
+
+
+def _submit(job: dict, kind: str, resources=None):
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_json(run_dir / "job.json", job)
-    return _executor(kind, run_dir / "logs", resources).submit(run_job, job)
+    return _executor(kind, run_dir / "logs", resources).submit(_stage_job(), job)
 
 
 def job_error(error: Exception) -> str:

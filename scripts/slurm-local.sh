@@ -37,6 +37,10 @@ ClusterName=$CLUSTER
 SlurmctldHost=$HOST
 SlurmUser=root
 AuthType=auth/munge
+# a requeued job may restart only after the credential lifetime (default 120 s): short here, so preemption tests
+# finish quickly; the main scheduler also looks every 5 s instead of 60
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=5
 CryptoType=crypto/munge
 SlurmctldPort=6817
 SlurmdPort=6818

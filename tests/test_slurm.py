@@ -3,6 +3,7 @@
 Skipped when no cluster answers, unless SCM_BENCH_REQUIRE_SLURM=1, which turns a missing cluster into a failure.
 """
 import operator
+from pathlib import Path
 import os
 import shutil
 import subprocess
@@ -106,3 +107,44 @@ def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
     logs = list((tmp_path / "runs" / "tiny").glob("*/logs/*_log.out"))
     assert len(logs) == 3  # one Slurm job per stage, its logs in the run directory
     assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet()) == rows
+
+
+def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_factory, tmp_path):
+    """SIGUSR2 mid-training (what Slurm sends before preemption or the time limit): submitit checkpoints the call
+    and requeues the job, which resumes from its newest checkpoint; its final weights equal an uninterrupted run's."""
+    import time
+
+    import torch
+    from test_harness import tiny_recipe
+
+    from harness import store
+    from harness.launch import _submit, plan_jobs
+    from harness.recipe import load_recipe
+    from harness.train import train_stage
+
+    recipe = load_recipe(tiny_recipe(tmp_path / "recipe", resources={"partition": "debug", "cpus_per_task": 1}))
+    jobs = {}
+    for name in ("slurm", "reference"):
+        job = plan_jobs(recipe, tmp_path / name)["teacher"]
+        job["threads"] = 1
+        job["recipe"]["stages"]["teacher"].update(steps=400, batch_size=16, checkpoint_every=40)
+        jobs[name] = job
+
+    handle = _submit(jobs["slurm"], "slurm", recipe.resources)
+    progress = Path(jobs["slurm"]["run_dir"]) / "progress.json"
+    deadline = time.time() + 120
+    while store.read_json(progress, {}).get("step", 0) < 100:  # well into training, past two checkpoints
+        assert time.time() < deadline and not handle.done(), "the job never got going"
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR2", handle.job_id], check=True)
+    rows = handle.result()
+    assert rows and rows[0]["method"] == "teacher"
+    log = Path(handle.paths.stderr).read_text() + Path(handle.paths.stdout).read_text()
+    assert "requeue" in log.lower(), log[-2000:]  # submitit logs the checkpoint-and-requeue
+
+    interrupted = torch.load(train_stage(jobs["slurm"]), weights_only=True)  # already finished: just the path
+    uninterrupted = torch.load(train_stage(jobs["reference"]), weights_only=True)
+    assert interrupted["step"] == uninterrupted["step"] == 400
+    for key in ("net", "ema"):
+        for name, tensor in uninterrupted[key].items():
+            assert torch.equal(interrupted[key][name], tensor), f"{key}.{name} differs"
