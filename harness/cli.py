@@ -97,6 +97,38 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
         console.print(view)
 
 
+@app.command()
+def status(recipe: Path = typer.Argument(..., help="Recipe YAML whose jobs to show."), runs_dir: Path = RUNS):
+    """Each job of the recipe: state, step / total, last loss, executor and job id, log path."""
+    from rich.console import Console
+    from rich.table import Table
+    from .status import job_rows
+
+    spec = _load(recipe)
+    rows = job_rows(runs_dir, spec.name)
+    if not rows:
+        _fail(f"no jobs of {spec.name} under {runs_dir}; start them with scm-bench run {recipe}")
+    view = Table(title=f"{spec.name} ({runs_dir / spec.name})")
+    for column in ("job", "state", "step", "loss", "executor", "job id", "log"):
+        view.add_column(column)
+    for r in rows:
+        step = f"{r['step']} / {r['total']}" if r["total"] else str(r["step"])
+        loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
+        view.add_row(r["job"], r["state"], step, loss, r["executor"], r["job_id"], r["log"])
+    Console(width=200).print(view)
+
+
+@app.command()
+def cancel(recipe: Path = typer.Argument(..., help="Recipe YAML whose unfinished jobs to cancel."),
+           runs_dir: Path = RUNS):
+    """Cancel the recipe's unfinished jobs (Slurm or local); checkpoints stay, so a later run resumes them."""
+    from .status import cancel_jobs
+
+    spec = _load(recipe)
+    cancelled = cancel_jobs(runs_dir, spec.name)
+    typer.echo(f"cancelled {len(cancelled)} job(s){': ' + ', '.join(cancelled) if cancelled else ''}")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
 app.add_typer(bench_app, name="bench")
 

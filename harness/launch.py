@@ -66,7 +66,11 @@ def _submit(job: dict, kind: str, resources=None):
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_json(run_dir / "job.json", job)
-    return _executor(kind, run_dir / "logs", resources).submit(_stage_job(), job)
+    handle = _executor(kind, run_dir / "logs", resources).submit(_stage_job(), job)
+    store.write_json(run_dir / "submitted.json", {"executor": kind, "job_id": str(handle.job_id),
+                                                  "stdout": str(handle.paths.stdout),
+                                                  "stderr": str(handle.paths.stderr)})
+    return handle
 
 
 def job_error(error: Exception) -> str:

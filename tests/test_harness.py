@@ -184,6 +184,11 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs" / "tiny").glob("*/metrics.json")}
     again = run_recipe(recipe, tmp_path / "runs", "local", Quiet())
     assert again == rows and all(p.stat().st_mtime == t for p, t in mtimes.items())
+    from harness.status import job_rows
+
+    jobs = job_rows(tmp_path / "runs", "tiny")
+    assert sorted(r["job"].split("-")[0] for r in jobs) == ["scd", "sct", "teacher"]
+    assert all(r["state"] == "finished" and r["executor"] == "local" and r["job_id"] for r in jobs)
     table = write_report(recipe, tmp_path / "runs", tmp_path / "results")
     assert list(table.method) == ["teacher", "sct", "sct", "scd", "scd"]
     assert (tmp_path / "results" / "tiny" / "table.md").read_text().count("[samples](samples/") == 5

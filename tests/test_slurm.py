@@ -148,3 +148,37 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_facto
     for key in ("net", "ema"):
         for name, tensor in uninterrupted[key].items():
             assert torch.equal(interrupted[key][name], tensor), f"{key}.{name} differs"
+
+
+def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_path):
+    import sys
+    import time
+
+    from test_harness import ROOT, tiny_recipe
+
+    from harness import store
+    from harness.launch import _submit, plan_jobs
+    from harness.recipe import load_recipe
+
+    path = tiny_recipe(tmp_path / "recipe", resources={"partition": "debug", "cpus_per_task": 1})
+    recipe = load_recipe(path)
+    job = plan_jobs(recipe, tmp_path / "runs")["teacher"]
+    job["threads"] = 1
+    job["recipe"]["stages"]["teacher"].update(steps=100_000, batch_size=16)
+    handle = _submit(job, "slurm", recipe.resources)
+    deadline = time.time() + 60
+    while store.read_json(Path(job["run_dir"]) / "progress.json", {}).get("step", 0) < 5:
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "harness.cli", *args, str(path), "--runs-dir",
+                               str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT)
+
+    shown = cli("status")
+    assert shown.returncode == 0 and "running" in shown.stdout and handle.job_id in shown.stdout
+    assert "cancelled 1 job" in cli("cancel").stdout
+    deadline = time.time() + 30
+    while _sacct_state(handle) not in ("CANCELLED", "FAILED") and time.time() < deadline:
+        time.sleep(0.5)
+    assert handle.state.startswith("CANCELLED")

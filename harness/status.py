@@ -1,0 +1,43 @@
+"""`scm-bench status` and `scm-bench cancel`: what each job of a recipe is doing, read from its run directory."""
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from . import store
+
+
+def job_rows(runs_root: Path, recipe_name: str) -> list[dict]:
+    """One row per job folder under runs/<recipe>/: state, step / total, last loss, executor, job id, log path."""
+    rows = []
+    for run_dir in sorted((Path(runs_root) / recipe_name).glob("*-*")):
+        if not (run_dir / "job.json").is_file():
+            continue
+        progress = store.read_json(run_dir / "progress.json", {})
+        submitted = store.read_json(run_dir / "submitted.json", {})
+        state = "finished" if (run_dir / "metrics.json").is_file() else progress.get("state", "submitted")
+        rows.append({"job": run_dir.name, "state": state, "step": progress.get("step", 0),
+                     "total": progress.get("total"), "loss": progress.get("loss"),
+                     "executor": submitted.get("executor", "?"), "job_id": submitted.get("job_id", ""),
+                     "log": submitted.get("stderr", str(run_dir / "logs"))})
+    return rows
+
+
+def cancel_jobs(runs_root: Path, recipe_name: str) -> list[str]:
+    """Cancel every unfinished job of the recipe (scancel on Slurm, SIGTERM to a local job's process); returns
+    the jobs cancelled. Their checkpoints stay: a later `scm-bench run` resumes them."""
+    cancelled = []
+    for row in job_rows(runs_root, recipe_name):
+        if row["state"] == "finished" or not row["job_id"]:
+            continue
+        if row["executor"] == "slurm":
+            subprocess.run(["scancel", row["job_id"]], check=False, capture_output=True)
+        elif row["executor"] == "local":
+            try:
+                os.kill(int(row["job_id"]), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                continue  # already gone
+        else:
+            continue
+        cancelled.append(row["job"])
+    return cancelled
