@@ -15,11 +15,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load(path: Path):
+def _load(path: Path, overrides: list[str] = ()):
     from .recipe import RecipeError, load_recipe
 
     try:
-        return load_recipe(path)
+        return load_recipe(path, overrides)
     except RecipeError as error:
         _fail(str(error))
 
@@ -43,9 +43,11 @@ class ProgressView:
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digits.yaml."),
         executor: str = typer.Option(None, help="local | debug | slurm (default: the recipe's)."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (YAML), "
+                                                              "e.g. --set stages.teacher.steps=500; repeatable."),
         runs_dir: Path = RUNS):
     """Train the recipe's teacher, then sCT and sCD from its EMA weights, and evaluate each at its NFEs."""
-    spec = _load(recipe)
+    spec = _load(recipe, overrides)
     kind = executor or spec.executor
     if kind not in ("local", "debug", "slurm"):
         _fail(f"--executor {kind!r} is not available; use local, debug or slurm")

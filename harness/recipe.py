@@ -174,8 +174,30 @@ def _describe(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and validate a recipe file; raise RecipeError with a one-line message on any problem."""
+def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
+    """`--set stages.teacher.steps=500`: dotted key, YAML value (so 1e-4, [1, 2] and true parse as such)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"{path}: --set {item!r}: expected key=value with a dotted key, "
+                              "e.g. --set stages.teacher.steps=500")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise RecipeError(f"{path}: --set {item!r}: the value is not valid YAML") from None
+        *parents, leaf = key.split(".")
+        node = raw
+        for depth, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"{path}: --set {item!r}: {'.'.join(parents[:depth + 1])} is not a mapping")
+        node[leaf] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Parse and validate a recipe file (with `--set` overrides applied first); raise RecipeError with a
+    one-line message on any problem."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; give a path such as recipes/digits.yaml")
@@ -186,6 +208,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping of fields, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, list(overrides), path)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

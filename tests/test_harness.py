@@ -128,6 +128,22 @@ def test_bench_jvp_command_runs_and_writes_every_case(tmp_path):
     assert bad.returncode == 2 and "unknown --network 'huge'" in bad.stderr
 
 
+def test_set_overrides_fields_and_names_bad_ones(tmp_path):
+    path = ROOT / "recipes" / "digits.yaml"
+    recipe = load_recipe(path, ["stages.teacher.steps=7", "stages.sct.optimizer.lr=5e-5",
+                                "network.attn_resolutions=[2, 4]", "resources.partition=gpu"])
+    assert recipe.stages.teacher.steps == 7 and recipe.stages.sct.optimizer.lr == 5e-5
+    assert recipe.network.attn_resolutions == [2, 4] and recipe.resources.partition == "gpu"
+    for bad, expected in [("stages.teacher.stpes=3", "stages.teacher.stpes: unknown field"),
+                          ("steps", "expected key=value"), ("seed.x=1", "seed is not a mapping"),
+                          ("stages.teacher.steps=0", "stages.teacher.steps")]:
+        with pytest.raises(RecipeError, match=expected):
+            load_recipe(path, [bad])
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--set", "seed=[oops",
+                           "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "not valid YAML" in done.stderr and not (tmp_path / "runs").exists()
+
+
 def test_cli_slurm_without_sbatch_says_how_to_get_one(tmp_path):
     import os
 
