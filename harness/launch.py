@@ -1,4 +1,4 @@
-"""Turn a recipe into stage jobs and run them through submitit (local processes, or in-process for debugging).
+"""Turn a recipe into stage jobs and run them through submitit (Slurm, local processes, or in-process for debugging).
 
 teacher -> (sCT, sCD), the students initialised from the teacher's EMA. Each job's folder name carries a hash of
 everything it depends on, so re-running a recipe reuses finished jobs and resumes interrupted ones.
@@ -6,6 +6,8 @@ everything it depends on, so re-running a recipe reuses finished jobs and resume
 import os
 import time
 from pathlib import Path
+
+import submitit
 
 from . import store
 from .recipe import Recipe, config_hash
@@ -30,8 +32,6 @@ def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
 
 
 def _executor(kind: str, folder: Path, resources=None):
-    import submitit
-
     if kind == "debug":
         return submitit.DebugExecutor(folder=str(folder))
     if kind == "slurm":
@@ -47,26 +47,22 @@ def _executor(kind: str, folder: Path, resources=None):
     return executor
 
 
-def _stage_job():
-    import submitit
+class StageJob(submitit.helpers.Checkpointable):
+    """A stage's job: train (resuming from its newest checkpoint) then evaluate. When Slurm signals preemption or
+    the time limit, submitit calls checkpoint(), whose default resubmits this same call: the requeued job resumes
+    from the newest checkpoint, and since resume is exact it ends where an uninterrupted run would."""
 
-    class StageJob(submitit.helpers.Checkpointable):
-        """A stage's job: train (resuming from its newest checkpoint) then evaluate. When Slurm signals preemption
-        or the time limit, submitit calls checkpoint(), whose default resubmits this same call: the requeued job
-        resumes from the newest checkpoint, and since resume is exact it ends where an uninterrupted run would."""
+    def __call__(self, job: dict) -> list[dict]:
+        from .evaluate import run_job
 
-        def __call__(self, job: dict) -> list[dict]:
-            from .evaluate import run_job
-
-            return run_job(job)
-    return StageJob()
+        return run_job(job)
 
 
 def _submit(job: dict, kind: str, resources=None):
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_json(run_dir / "job.json", job)
-    handle = _executor(kind, run_dir / "logs", resources).submit(_stage_job(), job)
+    handle = _executor(kind, run_dir / "logs", resources).submit(StageJob(), job)
     store.write_json(run_dir / "submitted.json", {"executor": kind, "job_id": str(handle.job_id),
                                                   "stdout": str(handle.paths.stdout),
                                                   "stderr": str(handle.paths.stderr)})

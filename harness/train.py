@@ -2,6 +2,7 @@
 
 It runs in a submitit worker; the launcher reads progress.json to draw the progress bar.
 """
+import math
 import time
 from pathlib import Path
 
@@ -16,27 +17,23 @@ def build_model(recipe: Recipe, data_shape, num_classes: int, stage=None):
     from scm.nets import build_network
 
     net = recipe.network
-    channels, resolution = data_shape[0], data_shape[-1]
     settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0,
                     time_embedding=net.time_embedding, fourier_scale=net.fourier_scale, c_noise=net.c_noise,
                     guidance_input=net.guidance_input)
-    chosen = {key: tuple(value) if isinstance(value, list) else value for key, value in
-              dict(channel_mult=net.channel_mult, attn_resolutions=net.attn_resolutions).items() if value is not None}
-    dropout = stage.dropout if stage else 0.0
     if net.name == "mlp":
-        settings.update(dim=int(channels * data_shape[1] * data_shape[2]) if len(data_shape) == 3 else channels,
-                        hidden=net.channels or 128, depth=net.blocks_per_level or 4)
-        return build_network(net.name, **settings)
-    settings.update(chosen, resolution=resolution, dropout=dropout)
-    width = {} if net.channels is None else {"channels" if net.name == "toy-unet" else "model_channels": net.channels}
-    if net.name == "toy-unet":
-        settings.update(width, in_channels=channels, **({} if net.blocks_per_level is None else
-                                                        {"blocks_per_level": net.blocks_per_level}))
-    else:  # unet-edm2, ddpmpp: `channels` is the image's channel count there
-        settings.update(width, channels=channels, dropout_max_resolution=net.dropout_max_resolution,
-                        **({} if net.blocks_per_level is None else {"num_blocks": net.blocks_per_level}))
+        settings.update(dim=math.prod(data_shape), hidden=net.channels or 128, depth=net.blocks_per_level or 4)
+    else:
+        settings.update(resolution=data_shape[-1], dropout=stage.dropout if stage else 0.0,
+                        channel_mult=net.channel_mult, attn_resolutions=net.attn_resolutions)
+        if net.name == "toy-unet":
+            settings.update(in_channels=data_shape[0], channels=net.channels, blocks_per_level=net.blocks_per_level)
+        else:  # unet-edm2, ddpmpp: `channels` is the image's channel count there, the width is model_channels
+            settings.update(channels=data_shape[0], model_channels=net.channels, num_blocks=net.blocks_per_level,
+                            dropout_max_resolution=net.dropout_max_resolution)
         if net.name == "unet-edm2":
             settings.update(size=net.size or "S", modulation=net.modulation)
+    # unset recipe fields (None) leave the network's own default
+    settings = {key: tuple(v) if isinstance(v, list) else v for key, v in settings.items() if v is not None}
     return build_network(net.name, **settings)
 
 

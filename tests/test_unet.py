@@ -101,9 +101,8 @@ def test_output_is_invariant_to_each_filters_scale():
 
 
 def test_output_starts_at_zero_and_classes_reach_it():
-    net = build_network("unet-edm2", **{k: v for k, v in dict(model_channels=16, channel_mult=(1, 2), resolution=8,
-                                                                channels=3, num_classes=10, num_blocks=1,
-                                                                attn_resolutions=(4,), channels_per_head=8).items()})
+    net = build_network("unet-edm2", model_channels=16, channel_mult=(1, 2), resolution=8, channels=3,
+                        num_classes=10, num_blocks=1, attn_resolutions=(4,), channels_per_head=8)
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 1.0])
     with torch.no_grad():
         assert torch.equal(net(x, t, torch.tensor([1, 2])), torch.zeros_like(x))  # out_gain = 0

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from . import layers, ops
-from .layers import (C_NOISE, Conv2d, Linear, PositionalEmbedding, guidance_scales, merge_heads, per_channel,
-                     resample, run_unet, split_heads)
+from .layers import (C_NOISE, Conv2d, Linear, PositionalEmbedding, double_norm_scale_shift, guidance_scales,
+                     merge_heads, norm_module, per_channel, resample, run_unet, split_heads)
 from .toy import onehot_labels
 
 EPS = 1e-6
@@ -29,10 +29,6 @@ MODULATIONS = ("double-norm", "edm")
 
 def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4), channels, eps=EPS, affine=affine)
-
-
-def run_norm(norm: nn.GroupNorm, x: ops.Value) -> ops.Value:
-    return ops.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
 
 def xavier_(layer: nn.Module, gain: float = 1.0) -> nn.Module:
@@ -64,14 +60,12 @@ class Block(nn.Module):
             self.proj = xavier_(Conv2d(out_channels, out_channels, 1), 1e-5)
 
     def forward(self, x: ops.Value, emb: ops.Value) -> ops.Value:
-        h = self.conv0(resample(ops.silu(run_norm(self.norm0, x)), self.resample_mode))
+        h = self.conv0(resample(ops.silu(norm_module(self.norm0, x)), self.resample_mode))
         if self.double_norm:  # [s, b] = affine(emb); pnorm over channels, separately for s and for b
-            sb = ops.pixel_norm(ops.linear_map(self.affine(emb), lambda a: a.unflatten(1, (2, -1))), dim=2)
-            s = per_channel(ops.linear_map(sb, lambda a: a[:, 0]))
-            b = per_channel(ops.linear_map(sb, lambda a: a[:, 1]))
+            s, b = double_norm_scale_shift(self.affine(emb))
             h = ops.adaptive_group_norm(h, self.norm1.num_groups, s, b, EPS)
         else:  # EDM's DDPM++ (adaptive_scale=False): the embedding is added before the affine group norm
-            h = run_norm(self.norm1, ops.add(h, per_channel(self.affine(emb))))
+            h = norm_module(self.norm1, ops.add(h, per_channel(self.affine(emb))))
         h = ops.dropout(ops.silu(h), self.dropout, self.training)
         if self.skip is None:  # (conv1(h) + x) sqrt(1/2), the scale folded into conv1's weights
             x = ops.add(self.conv1(h, gain=SKIP_SCALE), x, alpha=SKIP_SCALE)
@@ -80,7 +74,7 @@ class Block(nn.Module):
         if not self.attention:
             return x
         # One head; EDM orders the qkv channels as (head, C / head, 3), hence qkv_dim=2.
-        q, k, v = split_heads(self.qkv(run_norm(self.norm2, x)), 1)
+        q, k, v = split_heads(self.qkv(norm_module(self.norm2, x)), 1)
         a = merge_heads(ops.attention(q, k, v), ops.primal(x).shape)  # softmax(q k^T / sqrt(C)) v
         return ops.add(self.proj(a, gain=SKIP_SCALE), x, alpha=SKIP_SCALE)
 
@@ -162,4 +156,4 @@ class DDPMpp(nn.Module):
                 guidance: torch.Tensor | None = None) -> ops.Value:
         emb = self.embedding(t, class_labels, guidance)
         x = run_unet(self.enc, self.dec, x, emb, lambda h, skip: ops.cat([h, skip], dim=1))
-        return self.conv_out(ops.silu(run_norm(self.norm_out, x)))
+        return self.conv_out(ops.silu(norm_module(self.norm_out, x)))

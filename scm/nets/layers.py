@@ -102,6 +102,17 @@ def run_unet(enc: nn.ModuleDict, dec: nn.ModuleDict, x: ops.Value, emb: ops.Valu
     return x
 
 
+def norm_module(norm: nn.GroupNorm, x: ops.Value) -> ops.Value:
+    """An nn.GroupNorm's settings and affine applied through ops (so Duals pass)."""
+    return ops.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+
+def double_norm_scale_shift(sb: ops.Value) -> tuple[ops.Value, ops.Value]:
+    """[B, 2C] = [s(emb), b(emb)] -> pnorm(s), pnorm(b) as [B, C, 1, 1] each (adaptive double norm)."""
+    sb = ops.pixel_norm(ops.linear_map(sb, lambda a: a.unflatten(1, (2, -1))), dim=2)
+    return tuple(per_channel(ops.linear_map(sb, lambda a, i=i: a[:, i])) for i in range(2))
+
+
 def per_channel(x: ops.Value) -> ops.Value:
     """[B, C] -> [B, C, 1, 1] so an embedding broadcasts over pixels."""
     return ops.linear_map(x, lambda a: a[:, :, None, None])
@@ -192,13 +203,12 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, head_channels: int = 32):
         super().__init__()
         self.heads = max(1, channels // head_channels)
-        self.groups = math.gcd(8, channels)
-        self.norm = nn.GroupNorm(self.groups, channels)
+        self.norm = nn.GroupNorm(math.gcd(8, channels), channels)
         self.qkv = Conv2d(channels, 3 * channels, 1)
         self.proj = Conv2d(channels, channels, 1)
 
     def forward(self, x: ops.Value) -> ops.Value:
-        h = ops.group_norm(x, self.groups, self.norm.weight, self.norm.bias, self.norm.eps)
+        h = norm_module(self.norm, x)
         q, k, v = split_heads(self.qkv(h), self.heads)
         y = merge_heads(ops.attention(q, k, v), ops.primal(x).shape)
         half = math.sqrt(0.5)

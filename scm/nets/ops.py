@@ -22,8 +22,8 @@ class Dual:
 
     __slots__ = ("both", "batch", "_halves")
 
-    def __init__(self, both: torch.Tensor, halves: tuple[torch.Tensor, torch.Tensor] | None = None):
-        self.both, self.batch, self._halves = both, both.shape[0] // 2, halves
+    def __init__(self, both: torch.Tensor):
+        self.both, self.batch, self._halves = both, both.shape[0] // 2, None
 
     @classmethod
     def of(cls, primal: torch.Tensor, tangent: torch.Tensor) -> "Dual":
@@ -53,9 +53,6 @@ class Dual:
     def to(self, *args, **kwargs) -> "Dual":
         return Dual(self.both.to(*args, **kwargs))
 
-    def pairs(self) -> torch.Tensor:
-        """View as [2, B, ...], so a per-sample plain tensor [B, ...] broadcasts over primal and tangent alike."""
-        return self.both.view(2, self.batch, *self.both.shape[1:])
 
 
 Value = torch.Tensor | Dual
@@ -129,15 +126,12 @@ def cat(xs: list[Value], dim: int = 1) -> Value:
 
 # ---- products and nonlinearities: explicit tangent rules ------------------------------------------------------
 
-def mul(a: Value, b: Value) -> Value:
-    """Product with broadcasting; d(ab) = da b + a db."""
-    if not is_dual(a) and not is_dual(b):
-        return a * b
-    if is_dual(a) and is_dual(b):
-        y = torch.stack([a.primal * b.primal, a.tangent * b.primal + a.primal * b.tangent])
-        return Dual(y.flatten(0, 1))
-    dual, plain = (a, b) if is_dual(a) else (b, a)
-    return Dual((dual.pairs() * plain).flatten(0, 1))
+def mul(x: Value, factor: torch.Tensor) -> Value:
+    """x times a per-sample constant (no tangent of its own, e.g. a dropout mask): the same factor on both halves."""
+    if not is_dual(x):
+        return x * factor
+    both = x.both.view(2, x.batch, *x.both.shape[1:]) * factor  # [2, B, ...]: factor [B, ...] broadcasts
+    return Dual(both.flatten(0, 1))
 
 
 def silu(x: Value, consume: bool = False) -> Value:
@@ -256,18 +250,16 @@ def clamp(x: Value, limit: float) -> Value:
 def segment_pixel_norm(x: Value, segment: torch.Tensor, sizes: torch.Tensor, eps: float = 1e-4) -> Value:
     """pnorm over consecutive segments of the last dim of a [B, N] tensor (segment[i] = the segment of column i):
     every adaptive norm's s(t) and b(t) normalized in a few ops instead of a few ops per norm."""
-    def rms(a):
-        sq = torch.zeros(a.shape[0], len(sizes), dtype=a.dtype, device=a.device).index_add_(1, segment, a * a)
-        return torch.sqrt(sq / sizes.to(a.dtype) + eps).index_select(1, segment)
+    def segment_mean(a):  # [B, N] -> each column's segment mean, [B, N]
+        sums = torch.zeros(a.shape[0], len(sizes), dtype=a.dtype, device=a.device).index_add_(1, segment, a)
+        return (sums / sizes.to(a.dtype)).index_select(1, segment)
 
     if not is_dual(x):
-        return x / rms(x)
+        return x / torch.sqrt(segment_mean(x * x) + eps)
     p, dp, out = x.primal, x.tangent, _empty_pair(x.primal)
-    r = rms(p)
+    r = torch.sqrt(segment_mean(p * p) + eps)
     y = torch.div(p, r, out=out.primal)
-    yd = y * dp
-    mean_yd = torch.zeros(yd.shape[0], len(sizes), dtype=yd.dtype, device=yd.device).index_add_(1, segment, yd)
-    torch.div(dp - y * (mean_yd / sizes.to(yd.dtype)).index_select(1, segment), r, out=out.tangent)
+    torch.div(dp - y * segment_mean(y * dp), r, out=out.tangent)
     return out
 
 

@@ -10,7 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import ops
-from .layers import (AdaptiveDoubleNorm, AttentionBlock, Conv2d, Linear, Modulations, ResBlock, c_noise, guidance_scales,
+from .layers import (AdaptiveDoubleNorm, AttentionBlock, norm_module, Conv2d, Linear, Modulations, ResBlock, c_noise, guidance_scales,
                      time_embedding)
 
 
@@ -117,8 +117,7 @@ class ToyUNet(nn.Module):
                 h = ops.linear_map(h, layer)
             else:
                 h = self._run(layer, ops.cat([h, skips.pop()], dim=1), emb)
-        out = self.norm_out
-        return self.conv_out(ops.silu(ops.group_norm(h, out.num_groups, out.weight, out.bias, out.eps)))
+        return self.conv_out(ops.silu(norm_module(self.norm_out, h)))
 
 
 class MLP(nn.Module):

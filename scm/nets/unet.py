@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from . import layers, ops
-from .layers import C_NOISE, PositionalEmbedding, guidance_scales, per_channel, resample, run_unet
+from .layers import (C_NOISE, PositionalEmbedding, double_norm_scale_shift, guidance_scales, per_channel, resample,
+                     run_unet)
 from .toy import onehot_labels
 
 SIZES = {"S": 192, "M": 256, "L": 320, "XL": 384, "XXL": 448}  # model channels (EDM2 Table 2, sCM Table 3)
@@ -81,9 +82,7 @@ class Block(nn.Module):
         if self.modulation == "edm2":  # y * (1 + c(emb)), c starts at 0 through emb_gain
             c = per_channel(self.emb_linear(emb, gain=self.emb_gain))
             return ops.scale_shift(y, ops.add(c, 1.0), 0.0)
-        sb = ops.pixel_norm(ops.linear_map(self.emb_linear(emb), lambda a: a.unflatten(1, (2, -1))), dim=2)
-        s = per_channel(ops.linear_map(sb, lambda a: a[:, 0]))  # pnorm(s(t))
-        b = per_channel(ops.linear_map(sb, lambda a: a[:, 1]))  # pnorm(b(t))
+        s, b = double_norm_scale_shift(self.emb_linear(emb))  # pnorm(s(t)), pnorm(b(t))
         return ops.scale_shift(ops.pixel_norm(y), s, b)  # adaptive double norm
 
     def forward(self, x: ops.Value, emb: ops.Value) -> ops.Value:
