@@ -250,16 +250,19 @@ def clamp(x: Value, limit: float) -> Value:
 def segment_pixel_norm(x: Value, segment: torch.Tensor, sizes: torch.Tensor, eps: float = 1e-4) -> Value:
     """pnorm over consecutive segments of the last dim of a [B, N] tensor (segment[i] = the segment of column i):
     every adaptive norm's s(t) and b(t) normalized in a few ops instead of a few ops per norm."""
-    def segment_mean(a):  # [B, N] -> each column's segment mean, [B, N]
+    def segment_mean(a):  # [B, N] -> [B, segments]
         sums = torch.zeros(a.shape[0], len(sizes), dtype=a.dtype, device=a.device).index_add_(1, segment, a)
-        return (sums / sizes.to(a.dtype)).index_select(1, segment)
+        return sums / sizes.to(a.dtype)
+
+    def rms(a):  # back to one value per column
+        return torch.sqrt(segment_mean(a * a) + eps).index_select(1, segment)
 
     if not is_dual(x):
-        return x / torch.sqrt(segment_mean(x * x) + eps)
+        return x / rms(x)
     p, dp, out = x.primal, x.tangent, _empty_pair(x.primal)
-    r = torch.sqrt(segment_mean(p * p) + eps)
+    r = rms(p)
     y = torch.div(p, r, out=out.primal)
-    torch.div(dp - y * segment_mean(y * dp), r, out=out.tangent)
+    torch.div(dp - y * segment_mean(y * dp).index_select(1, segment), r, out=out.tangent)
     return out
 
 
