@@ -15,13 +15,24 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load(path: Path, overrides: list[str] = ()):
+SMOKE = typer.Option(False, "--smoke", help="The recipe at toy scale on this CPU (2 steps per stage, tiny network, "
+                                            "synthetic data of its shape); runs under NAME-smoke.")
+
+
+def _load(path: Path, overrides: list[str] = (), smoke: bool = False):
     from .recipe import RecipeError, load_recipe
+    from .sweep import expand_sweep
 
     try:
-        return load_recipe(path, overrides)
-    except RecipeError as error:
-        _fail(str(error))
+        recipe = load_recipe(path, overrides)
+        if smoke:
+            from .smoke import smoke_recipe
+
+            recipe = smoke_recipe(recipe)
+        expand_sweep(recipe)  # every variant must validate before anything runs
+        return recipe
+    except (RecipeError, ValueError) as error:
+        _fail(str(error).splitlines()[0])
 
 
 class ProgressView:
@@ -45,9 +56,13 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
         executor: str = typer.Option(None, help="local | debug | slurm (default: the recipe's)."),
         overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (YAML), "
                                                               "e.g. --set stages.teacher.steps=500; repeatable."),
+        smoke: bool = SMOKE,
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Slurm: follow the jobs to the end (default), or "
+                                                                 "submit them and return (then: scm-bench status)."),
         runs_dir: Path = RUNS):
-    """Train the recipe's teacher, then sCT and sCD from its EMA weights, and evaluate each at its NFEs."""
-    spec = _load(recipe, overrides)
+    """Train the recipe's teacher, then sCT and sCD from its EMA weights, and evaluate each at its NFEs
+    (every variant of its sweep). Finished jobs are reused; interrupted ones resume."""
+    spec = _load(recipe, overrides, smoke)
     kind = executor or spec.executor
     if kind not in ("local", "debug", "slurm"):
         _fail(f"--executor {kind!r} is not available; use local, debug or slurm")
@@ -67,26 +82,31 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
                TimeElapsedColumn(), TextColumn("{task.fields[state]}")]
     try:
         with Progress(*columns, console=console) as progress:
-            rows = run_recipe(spec, runs_dir, kind, ProgressView(progress))
+            rows = run_recipe(spec, runs_dir, kind, ProgressView(progress), wait=wait or kind != "slurm")
     except (RuntimeError, OSError, ValueError) as error:
         _fail(str(error))
-    console.print(f"{len(rows)} metrics rows in {runs_dir / spec.name}; next: scm-bench report {recipe}")
+    flags = " --smoke" if smoke else ""
+    if kind == "slurm" and not wait:
+        console.print(f"submitted; follow with: scm-bench status {recipe}{flags}")
+        return
+    console.print(f"{len(rows)} metrics rows in {runs_dir / spec.name}; next: scm-bench report {recipe}{flags}")
 
 
 @app.command()
 def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (default: every recipes/*.yaml with runs)."),
-           runs_dir: Path = RUNS, results_dir: Path = RESULTS):
+           smoke: bool = SMOKE, runs_dir: Path = RUNS, results_dir: Path = RESULTS):
     """Compile each recipe's finished jobs into results/<recipe>/table.md, table.csv and sample grids."""
     from rich.console import Console
     from rich.table import Table
     from .report import write_report
 
-    paths = recipes or [p for p in sorted(Path("recipes").glob("*.yaml")) if (runs_dir / p.stem).is_dir()]
+    suffix = "-smoke" if smoke else ""
+    paths = recipes or [p for p in sorted(Path("recipes").glob("*.yaml")) if (runs_dir / f"{p.stem}{suffix}").is_dir()]
     if not paths:
         _fail(f"no runs found under {runs_dir}; run a recipe first: scm-bench run recipes/digits.yaml")
     console = Console()
     for path in paths:
-        spec = _load(path)
+        spec = _load(path, smoke=smoke)
         table = write_report(spec, runs_dir, results_dir)
         if table is None:
             console.print(f"{spec.name}: no finished jobs under {runs_dir / spec.name}")
@@ -100,36 +120,46 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
 
 
 @app.command()
-def status(recipe: Path = typer.Argument(..., help="Recipe YAML whose jobs to show."), runs_dir: Path = RUNS):
-    """Each job of the recipe: state, step / total, last loss, executor and job id, log path."""
+def status(recipe: Path = typer.Argument(..., help="Recipe YAML whose jobs to show."), smoke: bool = SMOKE,
+           runs_dir: Path = RUNS):
+    """Each job of the recipe: state, step / total, last loss, executor and job ids, log path."""
     from rich.console import Console
     from rich.table import Table
     from .status import job_rows
 
-    spec = _load(recipe)
+    spec = _load(recipe, smoke=smoke)
     rows = job_rows(runs_dir, spec.name)
     if not rows:
         _fail(f"no jobs of {spec.name} under {runs_dir}; start them with scm-bench run {recipe}")
     view = Table(title=f"{spec.name} ({runs_dir / spec.name})")
-    for column in ("job", "state", "step", "loss", "executor", "job id", "log"):
+    for column in ("job", "variant", "state", "step", "loss", "executor", "job ids", "log"):
         view.add_column(column)
     for r in rows:
         step = f"{r['step']} / {r['total']}" if r["total"] else str(r["step"])
         loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
-        view.add_row(r["job"], r["state"], step, loss, r["executor"], r["job_id"], r["log"])
+        view.add_row(r["job"], r["variant"], r["state"], step, loss, r["executor"], r["job_id"], r["log"])
     Console(width=200).print(view)
 
 
 @app.command()
 def cancel(recipe: Path = typer.Argument(..., help="Recipe YAML whose unfinished jobs to cancel."),
-           runs_dir: Path = RUNS):
+           smoke: bool = SMOKE, runs_dir: Path = RUNS):
     """Cancel the recipe's unfinished jobs (Slurm or local); checkpoints stay, so a later run resumes them."""
     from .status import cancel_jobs
 
-    spec = _load(recipe)
+    spec = _load(recipe, smoke=smoke)
     cancelled = cancel_jobs(runs_dir, spec.name)
     typer.echo(f"cancelled {len(cancelled)} job(s){': ' + ', '.join(cancelled) if cancelled else ''}")
 
+
+from .plan import plan_command  # noqa: E402  (both light: torch loads inside the commands)
+from .prepare import prepare_command  # noqa: E402
+
+app.command("plan", help="Expanded jobs of a recipe with resources, GPU-hours (from FLOPs at a stated throughput), "
+                         "memory per GPU and the sbatch settings; submits and writes nothing.")(plan_command)
+
+app.command("prepare", help="Prepare a data set from your own copy: cifar10 (the python archive), imagenet64 or "
+                            "imagenet512-latents (an ImageNet training folder; latents with the SD VAE).")(prepare_command)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
 app.add_typer(bench_app, name="bench")

@@ -75,8 +75,32 @@ def load_image_folder(path: str, labels: str | None = None) -> ImageData:
     return ImageData(images, classes, int(classes.max()) + 1)
 
 
+def synthetic_data(shape, num_classes: int, count: int, seed: int = 0) -> ImageData:
+    """Smooth random images of a recipe's shape in [-1, 1] (for --smoke runs, where the real data set is absent):
+    low-resolution noise upsampled and squashed, so they have structure at every scale, not white noise."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    channels, height, width = shape
+    coarse = torch.randn(count, channels, max(1, height // 4), max(1, width // 4), generator=g)
+    images = torch.tanh(torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear"))
+    labels = torch.randint(num_classes, (count,), generator=g) if num_classes else None
+    return ImageData(images, labels, num_classes)
+
+
 def load_data(config) -> ImageData:
-    """The data set a recipe's `data:` section names."""
+    """The data set a recipe's `data:` section names (without labels where it says class_conditional: false)."""
+    data = _load_images(config)
+    return data if config.class_conditional else ImageData(data.images, None, 0)
+
+
+def _load_images(config) -> ImageData:
     if config.name == "digits":
         return load_digits_data()
-    return load_image_folder(config.path, config.labels)
+    if config.name == "synthetic":
+        return synthetic_data(tuple(config.shape), config.num_classes, config.count)
+    if config.name == "folder":
+        return load_image_folder(config.path, config.labels)
+    from .prepare import load_prepared
+
+    return load_prepared(config.prepared_path(), config.name)

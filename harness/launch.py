@@ -1,7 +1,9 @@
-"""Turn a recipe into stage jobs and run them through submitit (Slurm, local processes, or in-process for debugging).
+"""Turn a recipe into jobs and run them through submitit (Slurm, local processes, or in-process for debugging).
 
-teacher -> (sCT, sCD), the students initialised from the teacher's EMA. Each job's folder name carries a hash of
-everything it depends on, so re-running a recipe reuses finished jobs and resumes interrupted ones.
+Stages: teacher training -> (teacher evaluation, sCT / sCD training from the teacher's EMA) -> student evaluation.
+A sweep multiplies the jobs; jobs of one stage with the same resources go out as one array, and on Slurm each
+array waits for the arrays it needs through `afterok` dependencies. Each job's folder name carries a hash of
+everything it depends on, so re-running a recipe skips finished jobs and resumes interrupted ones.
 """
 import os
 import time
@@ -10,63 +12,115 @@ from pathlib import Path
 import submitit
 
 from . import store
-from .recipe import Recipe, config_hash
+from .recipe import Recipe, ResourcesConfig, config_hash
+from .sweep import STUDENTS, expand_sweep
 
-STUDENTS = ("sct", "scd")
+# (what the job does, whose job): the order stages are submitted in; each waits only for what it needs
+STAGES = (("train", "teacher"), ("evaluate", "teacher"), ("train", "student"), ("evaluate", "student"))
 
 
 def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
-    """The job specs of every stage the recipe enables, keyed by method."""
-    base = recipe.model_dump(exclude={"stages", "executor", "resources", "evaluation"})
-    teacher_id = config_hash(base, recipe.stages.teacher.model_dump())
-    jobs = {"teacher": {"method": "teacher", "id": f"teacher-{teacher_id}"}}
+    """The training jobs of one recipe variant, keyed by method; students name their teacher's job."""
+    hashed = recipe.model_dump(exclude={"stages", "executor", "resources", "evaluation", "sweep", "variant"})
+    stage_settings = {m: recipe.stage(m).model_dump(exclude={"resources"}) for m in ("teacher", *STUDENTS)
+                      if recipe.stage(m) is not None}
+    teacher_id = f"teacher-{config_hash(hashed, stage_settings['teacher'])}"
+    jobs = {"teacher": {"method": "teacher", "id": teacher_id}}
     for method in STUDENTS:
-        if recipe.stage(method) is not None:
-            student_id = config_hash(teacher_id, method, recipe.stage(method).model_dump())
-            jobs[method] = {"method": method, "id": f"{method}-{student_id}"}
+        if method in stage_settings:
+            jobs[method] = {"method": method, "id": f"{method}-{config_hash(teacher_id, method, stage_settings[method])}",
+                            "teacher": teacher_id}
     recipe_dict = recipe.model_dump(mode="json")
+    run_root = Path(runs_root) / recipe.name
     for job in jobs.values():
-        job.update(recipe=recipe_dict, runs_root=str(runs_root),
-                   run_dir=str(Path(runs_root) / recipe.name / job["id"]))
+        job.update(recipe=recipe_dict, runs_root=str(runs_root), run_dir=str(run_root / job["id"]),
+                   variant=recipe.variant, resources=recipe.stage_resources(job["method"]).model_dump())
+        if "teacher" in job:
+            job["init"] = str(store.checkpoint_path(run_root / teacher_id, recipe.stages.teacher.steps))
     return jobs
 
 
-def _executor(kind: str, folder: Path, resources=None):
+def expand_jobs(recipe: Recipe, runs_root: Path) -> list[dict]:
+    """Every training job of every sweep variant, each once (variants may share a teacher), teachers first."""
+    unique = {}
+    for variant in expand_sweep(recipe):
+        for job in plan_jobs(variant, runs_root).values():
+            unique.setdefault(job["id"], job)
+    return sorted(unique.values(), key=lambda job: job["method"] != "teacher")
+
+
+def job_label(job: dict) -> str:
+    return f"{job['method']} {job['variant']}".strip()
+
+
+def evaluation_resources(job: dict) -> ResourcesConfig:
+    """Evaluation runs as one task on one node (with one GPU where training had GPUs)."""
+    train = ResourcesConfig.model_validate(job["resources"])
+    return train.model_copy(update={"nodes": 1, "tasks_per_node": None, "gpus_per_node": min(1, train.gpus_per_node)})
+
+
+def _executor(kind: str, folder: Path, resources: ResourcesConfig | None = None, after: list[str] = (),
+              name: str = "scm-bench"):
+    r = resources or ResourcesConfig()
     if kind == "debug":
         return submitit.DebugExecutor(folder=str(folder))
     if kind == "slurm":
         executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        r = resources
-        wanted = dict(timeout_min=r.time_min, cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb,
-                      gpus_per_node=r.gpus_per_node or None, slurm_partition=r.partition, slurm_account=r.account,
-                      slurm_qos=r.qos, slurm_constraint=r.constraint)
+        wanted = dict(name=name, timeout_min=r.time_min, nodes=r.nodes, tasks_per_node=r.tasks,
+                      cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, gpus_per_node=r.gpus_per_node or None,
+                      slurm_partition=r.partition, slurm_account=r.account, slurm_qos=r.qos,
+                      slurm_constraint=r.constraint,
+                      slurm_additional_parameters={"dependency": "afterok:" + ":".join(after)} if after else None)
         executor.update_parameters(**{key: value for key, value in wanted.items() if value is not None})
         return executor
     executor = submitit.LocalExecutor(folder=str(folder))
-    executor.update_parameters(timeout_min=24 * 60)
+    executor.update_parameters(timeout_min=24 * 60, tasks_per_node=r.tasks)
     return executor
 
 
 class StageJob(submitit.helpers.Checkpointable):
-    """A stage's job: train (resuming from its newest checkpoint) then evaluate. When Slurm signals preemption or
+    """A stage's job: train (resuming from its newest checkpoint) or evaluate. When Slurm signals preemption or
     the time limit, submitit calls checkpoint(), whose default resubmits this same call: the requeued job resumes
     from the newest checkpoint, and since resume is exact it ends where an uninterrupted run would."""
 
-    def __call__(self, job: dict) -> list[dict]:
+    def __call__(self, job: dict):
         from .evaluate import run_job
 
         return run_job(job)
 
 
-def _submit(job: dict, kind: str, resources=None):
-    run_dir = Path(job["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json(run_dir / "job.json", job)
-    handle = _executor(kind, run_dir / "logs", resources).submit(StageJob(), job)
-    store.write_json(run_dir / "submitted.json", {"executor": kind, "job_id": str(handle.job_id),
-                                                  "stdout": str(handle.paths.stdout),
-                                                  "stderr": str(handle.paths.stderr)})
-    return handle
+def _record(job: dict, kind: str, handle, executor: str) -> None:
+    """submitted.json: per kind of work, where it runs and its logs (read by `scm-bench status` and `cancel`)."""
+    path = Path(job["run_dir"]) / "submitted.json"
+    record = store.read_json(path, {})
+    record[kind] = {"executor": executor, "job_id": str(handle.job_id), "stdout": str(handle.paths.stdout),
+                    "stderr": str(handle.paths.stderr)}
+    store.write_json(path, record)
+
+
+def _submit_array(jobs: list[dict], kind: str, executor: str, resources: ResourcesConfig, after: list[str],
+                  folder: Path) -> list:
+    """One submission (a Slurm array where there are several) of `kind` work for these jobs."""
+    ex = _executor(executor, folder, resources, after, name=f"scm-{kind}")
+    specs = []
+    for job in jobs:
+        Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
+        store.write_json(Path(job["run_dir"]) / "job.json", job)
+        specs.append({**job, "kind": kind})
+    if len(specs) == 1:
+        handles = [ex.submit(StageJob(), specs[0])]
+    else:
+        with ex.batch():
+            handles = [ex.submit(StageJob(), spec) for spec in specs]
+    for job, handle in zip(jobs, handles):
+        _record(job, kind, handle, executor)
+    return handles
+
+
+def _submit(job: dict, executor: str, resources: ResourcesConfig | None = None, kind: str = "train"):
+    """One job on its own (tests and tools); logs in the job's folder."""
+    job.setdefault("threads", (resources or ResourcesConfig()).cpus_per_task)
+    return _submit_array([job], kind, executor, resources or ResourcesConfig(), [], Path(job["run_dir"]) / "logs")[0]
 
 
 def job_error(error: Exception) -> str:
@@ -80,33 +134,35 @@ def job_error(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _wait(submitted: dict, progress_view) -> dict[str, list[dict]]:
+def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tuple[str, str], object]:
     """Poll the jobs' progress files into the progress bars until all end; raise on the first failure.
 
     Ctrl-C cancels the jobs (local jobs would otherwise outlive the command); a re-run resumes them.
     """
-    results, method = {}, None
+    results, current = {}, None
 
     def cancel_all():
-        for _, handle in submitted.values():
+        for _, _, handle in submitted:
             handle.cancel(check=False)
 
     try:
         while len(results) < len(submitted):
-            for method, (job, handle) in submitted.items():
-                progress_view.update(method, store.read_json(Path(job["run_dir"]) / "progress.json", {}))
-                if method not in results and handle.done():
-                    results[method] = handle.result()
+            for current in submitted:
+                kind, job, handle = current
+                progress_view.update(job_label(job), store.read_json(Path(job["run_dir"]) / "progress.json", {}))
+                if (kind, job["id"]) not in results and handle.done():
+                    results[kind, job["id"]] = handle.result()
             time.sleep(0.5)
     except KeyboardInterrupt:
         cancel_all()
         raise
     except Exception as error:
         cancel_all()
-        log = Path(submitted[method][0]["run_dir"]) / "logs"
-        raise RuntimeError(f"{method} job failed: {job_error(error)} (full log: {log})") from None
-    for method, (job, _) in submitted.items():
-        progress_view.update(method, store.read_json(Path(job["run_dir"]) / "progress.json", {}))
+        kind, job, handle = current
+        raise RuntimeError(f"{job_label(job)} {kind} job failed: {job_error(error)} "
+                           f"(full log: {handle.paths.stderr})") from None
+    for _, job, _ in submitted:
+        progress_view.update(job_label(job), store.read_json(Path(job["run_dir"]) / "progress.json", {}))
     return results
 
 
@@ -115,29 +171,71 @@ def preflight(recipe: Recipe) -> None:
     from .data import load_data
 
     data = load_data(recipe.data)
-    levels = len(recipe.network.channel_mult or (1, 2))  # (1, 2): ToyUNet's default
-    if recipe.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
-        raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} levels; "
-                         f"the resolution must be divisible by {2 ** (levels - 1)}")
+    for variant in expand_sweep(recipe):
+        levels = len(variant.network.channel_mult or (1, 2))  # (1, 2): ToyUNet's default
+        if variant.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
+            raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} "
+                             f"levels; the resolution must be divisible by {2 ** (levels - 1)}")
+    if recipe.evaluation.features == "inception":
+        raise ValueError("evaluation.features: inception (the paper's FID) is not wired into evaluation yet (issue 5); "
+                         "run with --smoke, or --set evaluation.features=digits-classifier for a rough proxy")
     if data.num_classes == 0 and recipe.evaluation.guidance != 1.0:
         raise ValueError("evaluation.guidance > 1 needs class labels; give data.labels or set guidance: 1.0")
 
 
-def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view) -> list[dict]:
-    """Run teacher, then the students side by side; return every metrics row."""
+def _pending(kind: str, jobs: list[dict], rows: dict) -> list[dict]:
+    """The jobs whose `kind` work is not done yet; finished evaluations put their rows in `rows`."""
+    from .evaluate import finished_rows
+
+    pending = []
+    for job in jobs:
+        final = store.checkpoint_path(Path(job["run_dir"]), job["recipe"]["stages"][job["method"]]["steps"])
+        if kind == "train" and final.is_file():
+            continue
+        if kind == "evaluate" and final.is_file():
+            cached = finished_rows(job, str(final))
+            if cached is not None:
+                rows[job["id"]] = cached
+                continue
+        pending.append(job)
+    return pending
+
+
+def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wait: bool = True) -> list[dict]:
+    """Submit every stage of every variant and (with `wait`) return every metrics row, in recipe order.
+
+    Local and debug executors run stage after stage on this machine (each a share of its cores); on Slurm every
+    array is submitted at once and dependencies order them."""
     preflight(recipe)
-    jobs = plan_jobs(recipe, runs_root)
-    cores = os.cpu_count() or 1
-    teacher = jobs.pop("teacher")
-    on_slurm = executor == "slurm"  # each job gets its own cpus_per_task there, not a share of this machine
-    teacher["threads"] = recipe.resources.cpus_per_task if on_slurm else cores
-    rows = _wait({"teacher": (teacher, _submit(teacher, executor, recipe.resources))}, progress_view)["teacher"]
-    init = str(store.checkpoint_path(Path(teacher["run_dir"]), recipe.stages.teacher.steps))
-    submitted = {}
-    for method, job in jobs.items():
-        job.update(init=init, threads=recipe.resources.cpus_per_task if on_slurm else max(1, cores // len(jobs)))
-        submitted[method] = (job, _submit(job, executor, recipe.resources))
-    results = _wait(submitted, progress_view) if submitted else {}
-    for method in submitted:  # recipe order, not completion order, so reruns list rows identically
-        rows.extend(results[method])
-    return rows
+    jobs = expand_jobs(recipe, runs_root)
+    on_slurm, cores = executor == "slurm", os.cpu_count() or 1
+    rows, handles, submitted = {}, {}, []
+    for kind, role in STAGES:
+        group = [job for job in jobs if (job["method"] == "teacher") == (role == "teacher")]
+        pending = _pending(kind, group, rows)
+        by_resources = {}
+        for job in pending:
+            resources = (evaluation_resources(job) if kind == "evaluate"
+                         else ResourcesConfig.model_validate(job["resources"]))
+            job["threads"] = resources.cpus_per_task if on_slurm else max(1, cores // (len(pending) * resources.tasks))
+            by_resources.setdefault(resources.model_dump_json(), (resources, []))[1].append(job)
+        this_stage = []
+        for resources, members in by_resources.values():
+            needs = {("train", job["id"]) for job in members} if kind == "evaluate" else \
+                {("train", job["teacher"]) for job in members if "teacher" in job}
+            after = sorted({str(handles[need].job_id) for need in needs if need in handles})
+            folder = Path(runs_root) / recipe.name / "logs"
+            for job, handle in zip(members, _submit_array(members, kind, executor, resources, after, folder)):
+                handles[kind, job["id"]] = handle
+                this_stage.append((kind, job, handle))
+        submitted += this_stage
+        if not on_slurm and this_stage:  # no scheduler here: finish this stage before the next starts
+            _wait(this_stage, progress_view)
+    if not wait:
+        return []
+    results = _wait(submitted, progress_view) if on_slurm else {
+        (kind, job["id"]): handle.result() for kind, job, handle in submitted}
+    for (kind, job_id), result in results.items():
+        if kind == "evaluate":
+            rows[job_id] = result
+    return [row for job in jobs if job["id"] in rows for row in rows[job["id"]]]

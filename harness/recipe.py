@@ -17,16 +17,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Prepared data sets (`scm-bench prepare NAME`): image shape [C, H, W] and number of classes
+PREPARED_DATASETS = {"cifar10": ((3, 32, 32), 10), "imagenet64": ((3, 64, 64), 1000),
+                     "imagenet512-latents": ((4, 64, 64), 1000)}  # SD VAE latents of 512x512 images
+
+
 class DataConfig(Strict):
-    name: Literal["digits", "folder"] = "digits"
-    path: str | None = None  # folder of same-size PNGs (name: folder)
-    labels: str | None = None  # text file: one class index per image, in sorted file-name order
+    name: Literal["digits", "folder", "cifar10", "imagenet64", "imagenet512-latents", "synthetic"] = "digits"
+    path: str | None = None  # folder: PNGs; prepared data sets: what `scm-bench prepare` wrote (default data/NAME)
+    labels: str | None = None  # folder: text file, one class index per image, in sorted file-name order
+    shape: list[int] | None = Field(None, min_length=3, max_length=3)  # synthetic: [C, H, W]
+    num_classes: int = Field(0, ge=0)  # synthetic
+    count: int = Field(256, gt=0)  # synthetic: number of images
+    latents: bool = False  # synthetic: the images are latents, decoded by `vae` for evaluation
+    class_conditional: bool = True  # False: ignore the labels (the paper's CIFAR-10 models are unconditional)
+    vae: str = "stabilityai/sd-vae-ft-mse"  # latent data sets: the SD VAE (sCM App. G), a local folder or HF cache
 
     @model_validator(mode="after")
-    def _folder_needs_path(self):
+    def _complete(self):
         if self.name == "folder" and not self.path:
             raise ValueError("data.name is 'folder' but data.path is not set; give the folder of PNG images")
+        if self.name == "synthetic" and (not self.shape or min(self.shape) <= 0):
+            raise ValueError("data.name is 'synthetic' but data.shape is not a positive [C, H, W]; e.g. [3, 8, 8]")
         return self
+
+    @property
+    def is_latent(self) -> bool:
+        return self.name == "imagenet512-latents" or (self.name == "synthetic" and self.latents)
+
+    def prepared_path(self) -> Path:
+        return Path(self.path or f"data/{self.name}")
 
 
 class NetworkConfig(Strict):
@@ -86,9 +106,41 @@ class TangentConfig(Strict):
     jvp_method: Literal["dual", "torch-func"] = "dual"  # dual: one pass with tangent rules; torch-func: reference
 
 
+class ResourcesConfig(Strict):
+    """What a stage's job asks Slurm for (executor: slurm); the local and debug executors use tasks_per_node only
+    (processes on this machine). World size = nodes x tasks_per_node; each task is one DDP rank."""
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int | None = Field(None, gt=0)  # default: one per GPU, or 1 without GPUs
+    cpus_per_task: int = Field(2, gt=0)  # also each task's torch threads
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int = Field(60, gt=0)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpu_memory_gb: float = Field(80.0, gt=0)  # for `scm-bench plan`'s memory check (H100 80 GB)
+
+    @property
+    def tasks(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks
+
+    @model_validator(mode="after")
+    def _one_task_per_gpu(self):
+        if self.gpus_per_node and self.tasks_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ValueError(f"resources.tasks_per_node {self.tasks_per_node} != gpus_per_node {self.gpus_per_node}; "
+                             "DDP runs one task per GPU (leave tasks_per_node unset)")
+        return self
+
+
 class StageConfig(Strict):
     steps: int = Field(gt=0)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0)  # global: split over nodes x tasks_per_node ranks
+    micro_batch: int | None = Field(None, gt=0)  # per rank and pass; gradient accumulation when below the share
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EMAConfig = EMAConfig()
     p_mean: float = -1.0
@@ -97,8 +149,21 @@ class StageConfig(Strict):
     label_dropout: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(500, gt=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
-    guidance: float = Field(1.0, ge=1.0)  # sCD: the teacher's CFG scale
+    guidance: float | tuple[float, float] = 1.0  # sCD: the teacher's CFG scale, or a range [lo, hi] drawn per sample
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the losses (forward, JVP); fp16 scales grads
+    resources: dict | None = None  # this stage's changes to the recipe's resources, e.g. {gpus_per_node: 8}
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance_at_least_one(cls, v):
+        low, high = (v, v) if isinstance(v, (int, float)) else v
+        if low < 1.0 or high < low:
+            raise ValueError("guidance must be a scale >= 1 or a range [lo, hi] with 1 <= lo <= hi")
+        return v
+
+    @property
+    def max_guidance(self) -> float:
+        return self.guidance if isinstance(self.guidance, (int, float)) else self.guidance[1]
 
 
 class EvaluationConfig(Strict):
@@ -106,8 +171,12 @@ class EvaluationConfig(Strict):
     consistency_nfe: list[int] = [1, 2]
     teacher_sampler: Literal["dpm-solver-2s", "euler"] = "dpm-solver-2s"
     teacher_steps: int = Field(18, gt=1)  # DPM-Solver-2S: NFE = 2 steps - 1 (35 for 18, App. G.1)
-    guidance: float = Field(1.0, ge=1.0)
+    guidance: float = Field(1.0, ge=1.0)  # the teacher's CFG scale when sampling
+    student_guidance: list[float] = [1.0]  # scales given to students with a guidance input (one row each)
     batch_size: int = Field(512, gt=0)
+    metric: Literal["fid"] = "fid"
+    features: Literal["digits-classifier", "inception"] = "digits-classifier"  # inception: the paper's FID
+    reference: str | None = None  # reference statistics (inception); default: made from the data set
 
     @field_validator("consistency_nfe")
     @classmethod
@@ -123,23 +192,13 @@ class StagesConfig(Strict):
     scd: StageConfig | None = None
 
 
-class ResourcesConfig(Strict):
-    """What each stage's job asks Slurm for (executor: slurm); ignored by the local and debug executors."""
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    time_min: int = Field(60, gt=0)
-    cpus_per_task: int = Field(2, gt=0)  # also the job's torch threads
-    gpus_per_node: int = Field(0, ge=0)
-    mem_gb: float | None = Field(None, gt=0)
-
-
 class Recipe(Strict):
     name: str
     seed: int = 0
     executor: Literal["local", "debug", "slurm"] = "local"
     resources: ResourcesConfig = ResourcesConfig()
+    sweep: dict[str, list] = {}  # a grid: {dotted.key: [values]} or {axis: [{dotted.key: value, ...}, ...]}
+    variant: str = ""  # set by the sweep expansion, e.g. "network.size=S,seed=1"
     sigma_data: float = Field(0.5, gt=0)
     data: DataConfig = DataConfig()
     network: NetworkConfig = NetworkConfig()
@@ -155,14 +214,43 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _guidance_needs_unconditional_teacher(self):
-        scd_guidance = self.stages.scd.guidance if self.stages.scd else 1.0
+        scd_guidance = self.stages.scd.max_guidance if self.stages.scd else 1.0
         if max(self.evaluation.guidance, scd_guidance) > 1.0 and self.stages.teacher.label_dropout == 0:
             raise ValueError("classifier-free guidance > 1 needs a teacher trained with label dropout; "
                              "set stages.teacher.label_dropout (e.g. 0.1) or guidance: 1.0")
+        if self.stages.scd and not isinstance(self.stages.scd.guidance, (int, float)) \
+                and not self.network.guidance_input:
+            raise ValueError("stages.scd.guidance is a range but the student cannot be told the scale; "
+                             "set network.guidance_input: true or give one scale")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split_over_ranks(self):
+        for method in ("teacher", "sct", "scd"):
+            stage = self.stage(method)
+            if stage is None:
+                continue
+            world = self.stage_resources(method).world_size
+            if stage.batch_size % world:
+                raise ValueError(f"stages.{method}.batch_size {stage.batch_size} does not split over {world} ranks "
+                                 "(nodes x tasks_per_node); use a multiple of it")
+            share = stage.batch_size // world
+            if stage.micro_batch and share % stage.micro_batch:
+                raise ValueError(f"stages.{method}.micro_batch {stage.micro_batch} does not divide the per-rank "
+                                 f"batch {share} (batch_size / ranks); use a divisor of it")
         return self
 
     def stage(self, method: str) -> StageConfig | None:
         return getattr(self.stages, method)
+
+    def stage_resources(self, method: str) -> ResourcesConfig:
+        """The recipe's resources with the stage's own changes applied."""
+        stage = self.stage(method)
+        changes = (stage.resources if stage is not None else None) or {}
+        try:
+            return ResourcesConfig.model_validate({**self.resources.model_dump(), **changes})
+        except ValidationError as e:
+            raise ValueError(f"stages.{method}.resources: {_describe(e.errors()[0])}") from None
 
 
 def _describe(error: dict) -> str:
@@ -172,6 +260,17 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{where}: required field is missing"
     return f"{where}: {error['msg']}"
+
+
+def set_dotted(raw: dict, key: str, value, where: str) -> None:
+    """raw["a"]["b"]["c"] = value for key "a.b.c", making the mappings on the way."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping")
+    node[leaf] = value
 
 
 def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
@@ -185,13 +284,7 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise RecipeError(f"{path}: --set {item!r}: the value is not valid YAML") from None
-        *parents, leaf = key.split(".")
-        node = raw
-        for depth, part in enumerate(parents):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"{path}: --set {item!r}: {'.'.join(parents[:depth + 1])} is not a mapping")
-        node[leaf] = value
+        set_dotted(raw, key, value, f"{path}: --set {item!r}")
     return raw
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from . import store
 from .evaluate import evaluation_key
-from .launch import plan_jobs
+from .launch import expand_jobs
 from .recipe import Recipe
 
-COLUMNS = ["method", "sampler", "nfe", "fid", "fid_ratio", "class_accuracy", "train_minutes"]
+COLUMNS = ["method", "sampler", "nfe", "guidance", "fid", "fid_ratio", "class_accuracy", "train_minutes"]
 METHOD_NAMES = {"teacher": "TrigFlow teacher (diffusion)", "sct": "sCT", "scd": "sCD"}
 
 
@@ -16,7 +16,7 @@ def gather(recipe: Recipe, runs_root: Path):
     import pandas as pd
 
     rows, current = [], evaluation_key(recipe)
-    for job in plan_jobs(recipe, runs_root).values():
+    for job in expand_jobs(recipe, runs_root):
         metrics = store.read_json(Path(job["run_dir"]) / "metrics.json")
         if metrics and metrics.get("key", {}).get("evaluation") == current:  # rows of other settings are stale
             rows.extend(metrics["rows"])
@@ -24,14 +24,17 @@ def gather(recipe: Recipe, runs_root: Path):
 
 
 def compile_table(frame):
-    """Teacher first, then sCT and sCD by NFE; FID ratio to the teacher's FID."""
-    teacher = frame.loc[frame.method == "teacher", "fid"]
+    """Teacher first, then sCT and sCD by NFE (per sweep variant); FID ratio to the FID of each row's teacher."""
+    if "variant" not in frame:
+        frame = frame.assign(variant="", teacher_job=frame.job.where(frame.method == "teacher"))
+    teacher_fid = frame[frame.method == "teacher"].groupby("job").fid.first()
     table = frame.assign(
-        fid_ratio=frame.fid / teacher.iloc[0] if len(teacher) else float("nan"),
+        fid_ratio=frame.fid / frame.teacher_job.map(teacher_fid),
         train_minutes=frame.train_seconds / 60,
         order=frame.method.map({"teacher": 0, "sct": 1, "scd": 2}),
-    ).sort_values(["order", "nfe"])
-    return table[COLUMNS].reset_index(drop=True)
+    ).sort_values(["variant", "order", "nfe", "guidance"], kind="stable")
+    columns = COLUMNS if frame.variant.eq("").all() else ["variant", *COLUMNS]
+    return table[columns].reset_index(drop=True)
 
 
 def markdown_table(frame) -> str:
@@ -46,8 +49,10 @@ def markdown_table(frame) -> str:
 
 
 def _markdown(recipe: Recipe, table, frame, grids: dict) -> str:
+    variants = table.variant if "variant" in table else [""] * len(table)
     shown = table.assign(method=table.method.map(METHOD_NAMES),
-                         grid=[f"[samples]({grids[(m, n)]})" for m, n in zip(table.method, table.nfe)])
+                         grid=[f"[samples]({grids[key]})" for key in zip(variants, table.method, table.nfe,
+                                                                          table.guidance)])
     first = frame.iloc[0]
     return "\n".join([
         f"# {recipe.name}: TrigFlow teacher, sCT and sCD", "",
@@ -70,13 +75,14 @@ def write_report(recipe: Recipe, runs_root: Path, results_root: Path):
         return None
     out = Path(results_root) / recipe.name
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    grids = {}
+    grids, table = {}, compile_table(frame)
     for row in frame.itertuples():
-        name = f"{row.method}-nfe-{row.nfe}.png"
+        variant = getattr(row, "variant", "")
+        told = f"-guidance-{row.guidance:g}" if row.method != "teacher" and row.guidance != 1.0 else ""
+        name = f"{row.method}-nfe-{row.nfe}{told}{'-' + variant.replace(',', '-') if variant else ''}.png"
         if Path(row.grid).is_file():
             shutil.copyfile(row.grid, out / "samples" / name)
-        grids[(row.method, row.nfe)] = f"samples/{name}"
-    table = compile_table(frame)
+        grids[(variant if "variant" in table else "", row.method, row.nfe, row.guidance)] = f"samples/{name}"
     store.write_bytes_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f").encode())
     store.write_bytes_atomic(out / "table.md", _markdown(recipe, table, frame, grids).encode())
     return table

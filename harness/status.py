@@ -8,18 +8,23 @@ from . import store
 
 
 def job_rows(runs_root: Path, recipe_name: str) -> list[dict]:
-    """One row per job folder under runs/<recipe>/: state, step / total, last loss, executor, job id, log path."""
+    """One row per job folder under runs/<recipe>/: state, step / total, last loss, executor, job ids (training
+    and evaluation), log path."""
     rows = []
     for run_dir in sorted((Path(runs_root) / recipe_name).glob("*-*")):
         if not (run_dir / "job.json").is_file():
             continue
         progress = store.read_json(run_dir / "progress.json", {})
         submitted = store.read_json(run_dir / "submitted.json", {})
+        latest = submitted.get("evaluate") or submitted.get("train") or {}
         state = "finished" if (run_dir / "metrics.json").is_file() else progress.get("state", "submitted")
         rows.append({"job": run_dir.name, "state": state, "step": progress.get("step", 0),
                      "total": progress.get("total"), "loss": progress.get("loss"),
-                     "executor": submitted.get("executor", "?"), "job_id": submitted.get("job_id", ""),
-                     "log": submitted.get("stderr", str(run_dir / "logs"))})
+                     "variant": store.read_json(run_dir / "job.json", {}).get("variant", ""),
+                     "executor": latest.get("executor", "?"),
+                     "job_id": " ".join(submitted[k]["job_id"] for k in ("train", "evaluate") if k in submitted),
+                     "submissions": [submitted[k] for k in ("train", "evaluate") if k in submitted],
+                     "log": latest.get("stderr", str(run_dir / "logs"))})
     return rows
 
 
@@ -28,16 +33,19 @@ def cancel_jobs(runs_root: Path, recipe_name: str) -> list[str]:
     the jobs cancelled. Their checkpoints stay: a later `scm-bench run` resumes them."""
     cancelled = []
     for row in job_rows(runs_root, recipe_name):
-        if row["state"] == "finished" or not row["job_id"]:
+        if row["state"] == "finished":
             continue
-        if row["executor"] == "slurm":
-            subprocess.run(["scancel", row["job_id"]], check=False, capture_output=True)
-        elif row["executor"] == "local":
-            try:
-                os.kill(int(row["job_id"]), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                continue  # already gone
-        else:
-            continue
-        cancelled.append(row["job"])
+        hit = False
+        for submission in row["submissions"]:
+            if submission["executor"] == "slurm":
+                done = subprocess.run(["scancel", submission["job_id"]], check=False, capture_output=True)
+                hit = hit or done.returncode == 0
+            elif submission["executor"] == "local":
+                try:
+                    os.kill(int(submission["job_id"]), signal.SIGTERM)
+                    hit = True
+                except (ProcessLookupError, ValueError):
+                    continue  # already gone
+        if hit:
+            cancelled.append(row["job"])
     return cancelled

@@ -3,6 +3,7 @@
 It runs in a submitit worker; the launcher reads progress.json to draw the progress bar.
 """
 import math
+import os
 import time
 from pathlib import Path
 
@@ -12,14 +13,15 @@ from .recipe import Recipe
 PROGRESS_EVERY_S = 1.0
 
 
-def build_model(recipe: Recipe, data_shape, num_classes: int, stage=None):
-    """The recipe's network for this data, with the stage's dropout settings."""
+def build_model(recipe: Recipe, data_shape, num_classes: int, stage=None, method: str = "teacher"):
+    """The recipe's network for this data, with the stage's dropout settings. Only the sCD student takes the
+    guidance scale as an input (network.guidance_input): the teacher and sCT never see one."""
     from scm.nets import build_network
 
     net = recipe.network
     settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0,
                     time_embedding=net.time_embedding, fourier_scale=net.fourier_scale, c_noise=net.c_noise,
-                    guidance_input=net.guidance_input)
+                    guidance_input=net.guidance_input and method == "scd")
     if net.name == "mlp":
         settings.update(dim=math.prod(data_shape), hidden=net.channels or 128, depth=net.blocks_per_level or 4)
     else:
@@ -41,12 +43,15 @@ def device():
     """Train and sample on the GPU when there is one; everything also runs on the CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():  # one GPU per data-parallel task
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
-def load_ema_network(recipe: Recipe, checkpoint: Path, data_shape, num_classes: int, state: dict | None = None):
+def load_ema_network(recipe: Recipe, checkpoint: Path, data_shape, num_classes: int, state: dict | None = None,
+                     method: str = "teacher"):
     """The EMA weights of a finished stage, in eval mode, on `device()`."""
-    net = build_model(recipe, data_shape, num_classes)
+    net = build_model(recipe, data_shape, num_classes, method=method)
     net.load_state_dict((state or store.load_checkpoint(checkpoint))["ema"])
     return net.to(device()).eval().requires_grad_(False)
 
@@ -122,27 +127,90 @@ class TrainState:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def _loss(method, stage, recipe, state: TrainState, data, teacher, tangent):
-    """One batch through the stage's objective."""
-    import torch
+def _objective(method, stage, recipe, state: TrainState, x0, labels, noise, teacher, tangent):
     from scm import consistency_loss, diffusion_loss
 
-    index = torch.randint(len(data.images), (stage.batch_size,), generator=state.data_rng).to(data.images.device)
-    x0 = data.images[index]
-    labels = data.labels[index] if data.labels is not None else None
     if method == "teacher":
         return diffusion_loss(state.net, state.weight, x0, labels, stage.p_mean, stage.p_std, recipe.sigma_data,
-                              state.noise_rng)
+                              noise=noise)
     return consistency_loss(state.net, state.weight, x0, labels, state.step, stage.p_mean, stage.p_std, tangent,
-                            teacher, stage.guidance, recipe.sigma_data, state.noise_rng)
+                            teacher, stage.guidance, recipe.sigma_data, noise=noise)
 
 
-def train_stage(job: dict) -> str:
-    """Train one stage to its last step (resuming from the newest checkpoint) and return that checkpoint."""
+def _accumulate_gradients(method, stage, recipe, state: TrainState, data, teacher, tangent, ranks, autocast) -> dict:
+    """One optimizer step's gradients: the global batch (indices and noise drawn identically on every rank) is cut
+    into this rank's share, then into micro-batches; each pass adds (its size / global batch) x its mean loss, and
+    the ranks' sums are summed. So ranks and passes change only the order of float sums, not the step; except that
+    with dropout (and label dropout) each rank draws its own masks, so several ranks match one process in
+    distribution, not mask for mask."""
+    import torch
+    from scm import draw_noise
+    from .distributed import mean_over_ranks, sum_gradients
+
+    B = stage.batch_size
+    index = torch.randint(len(data.images), (B,), generator=state.data_rng)
+    noise = draw_noise((B, *data.shape), stage.p_mean, stage.p_std, recipe.sigma_data, state.noise_rng,
+                       stage.guidance if method != "teacher" else None, net_device(state.net))
+    share = B // ranks.world_size
+    micro = stage.micro_batch or share
+    if ranks.world_size > 1:  # dropout masks come from torch's own RNG: independent per rank, the same on resume
+        torch.manual_seed((recipe.seed << 40) + (state.step << 12) + ranks.rank)
+    state.optimizer.zero_grad(set_to_none=True)
+    totals = {}
+    for start in range(ranks.rank * share, (ranks.rank + 1) * share, micro):
+        part = slice(start, start + micro)
+        rows = index[part].to(data.images.device)
+        labels = data.labels[rows] if data.labels is not None else None
+        with autocast:
+            loss, diag = _objective(method, stage, recipe, state, data.images[rows], labels, noise[part], teacher,
+                                    tangent)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{method}: non-finite loss at step {state.step + 1} ({diag})")
+        state.scaler.scale(loss * (micro / B)).backward()
+        for key, value in diag.items():
+            totals[key] = totals.get(key, 0.0) + float(value) * micro / share
+    sum_gradients(list(state.net.parameters()) + list(state.weight.parameters()), ranks)
+    return mean_over_ranks(totals, ranks)
+
+
+def _load_teacher_weights(net, teacher_ema: dict) -> None:
+    """The student starts as the teacher; a guidance input (sCD on ImageNet 512) is new and keeps its fresh init."""
+    missing, unexpected = net.load_state_dict(teacher_ema, strict=False)
+    foreign = [key for key in missing if "guidance" not in key] + list(unexpected)
+    if foreign:
+        raise RuntimeError(f"the teacher checkpoint does not fit the student network ({foreign[0]} ...); "
+                           "teacher and students must share the recipe's network settings")
+
+
+def build_training(job: dict):
+    """Everything a stage's training loop needs, resumed from the job's newest checkpoint:
+    (method, stage, data, state, teacher or None, tangent settings)."""
     import torch
     from scm import TangentSettings
     from scm.weighting import AdaptiveWeight
     from .data import load_data
+
+    recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
+    stage = recipe.stage(method)
+    torch.manual_seed(recipe.seed)
+    data = load_data(recipe.data).to(device())
+    net = build_model(recipe, data.shape, data.num_classes, stage, method).train()
+    if job.get("init"):  # sCT and sCD start from the teacher's EMA weights (Sec. 5)
+        _load_teacher_weights(net, store.load_checkpoint(job["init"])["ema"])
+    teacher = load_ema_network(recipe, job["init"], data.shape, data.num_classes) if method == "scd" else None
+    state = TrainState(recipe, stage, net.to(device()), AdaptiveWeight().to(device()))
+    saved = store.checkpoints(run_dir)
+    if saved:
+        state.load_state_dict(store.load_checkpoint(saved[-1]))
+    return method, stage, data, state, teacher, TangentSettings(**stage.tangent.model_dump())
+
+
+def train_stage(job: dict) -> str:
+    """Train one stage to its last step (resuming from the newest checkpoint) and return that checkpoint.
+
+    With several tasks in the job, each is a data-parallel rank; rank 0 alone writes checkpoints and progress."""
+    import torch
+    from .distributed import finish, init_ranks
 
     torch.set_num_threads(job["threads"])
     recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
@@ -151,28 +219,13 @@ def train_stage(job: dict) -> str:
     if final.is_file():
         return str(final)
 
-    torch.manual_seed(recipe.seed)
-    data = load_data(recipe.data).to(device())
-    net = build_model(recipe, data.shape, data.num_classes, stage).train()
-    if job.get("init"):  # sCT and sCD start from the teacher's EMA weights (Sec. 5)
-        net.load_state_dict(store.load_checkpoint(job["init"])["ema"])
-    teacher = load_ema_network(recipe, job["init"], data.shape, data.num_classes) if method == "scd" else None
-    state = TrainState(recipe, stage, net.to(device()), AdaptiveWeight().to(device()))
-    saved = store.checkpoints(run_dir)
-    if saved:
-        state.load_state_dict(store.load_checkpoint(saved[-1]))
-
-    tangent = TangentSettings(**stage.tangent.model_dump())
+    ranks = init_ranks()
+    method, stage, data, state, teacher, tangent = build_training(job)
     window, last_report, start = [], time.time(), time.time() - state.elapsed
     autocast = torch.autocast(device().type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         stage.precision), enabled=stage.precision != "fp32")
     while state.step < stage.steps:
-        with autocast:
-            loss, diag = _loss(method, stage, recipe, state, data, teacher, tangent)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method}: non-finite loss at step {state.step + 1} ({diag})")
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
+        diag = _accumulate_gradients(method, stage, recipe, state, data, teacher, tangent, ranks, autocast)
         state.step += 1
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(stage.optimizer, state.step)
@@ -181,16 +234,20 @@ def train_stage(job: dict) -> str:
         if hasattr(state.net, "normalize_weights_"):  # EDM2's forced weight normalization, outside forward
             state.net.normalize_weights_()
         state.ema.update(state.net, state.step)
-        window.append({k: float(v) for k, v in diag.items()})
+        window.append(diag)
         state.elapsed = time.time() - start
+        if not ranks.is_main:
+            continue
         if time.time() - last_report > PROGRESS_EVERY_S or state.step == stage.steps:
             _report(run_dir, state, window, time.time() - last_report, stage.steps)
             window, last_report = [], time.time()
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             store.save_checkpoint(store.checkpoint_path(run_dir, state.step), state.state_dict())
-    store.write_json(run_dir / "progress.json", {
-        "state": "trained", "step": state.step, "total": stage.steps, "loss": state.history[-1]["loss"],
-        "elapsed": state.elapsed, "it_s": stage.steps / max(state.elapsed, 1e-9)})
+    if ranks.is_main:
+        store.write_json(run_dir / "progress.json", {
+            "state": "trained", "step": state.step, "total": stage.steps, "loss": state.history[-1]["loss"],
+            "elapsed": state.elapsed, "it_s": stage.steps / max(state.elapsed, 1e-9), "ranks": ranks.world_size})
+    finish(ranks)
     return str(final)
 
 

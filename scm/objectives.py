@@ -32,11 +32,33 @@ def _weighted_mse(F_out: torch.Tensor, target: torch.Tensor, w: torch.Tensor) ->
     return (torch.exp(w) / D * se - w).mean()
 
 
+@dataclass
+class Noise:
+    """The random draws of one batch: time t, noise z ~ N(0, sd^2 I), and per-sample CFG scales s (or one scale).
+    Drawn for a whole batch and sliced, a batch split over ranks or accumulation passes sees the same draws."""
+    t: torch.Tensor
+    z: torch.Tensor
+    s: torch.Tensor | float = 1.0
+
+    def __getitem__(self, part: slice) -> "Noise":
+        return Noise(self.t[part], self.z[part], self.s[part] if torch.is_tensor(self.s) else self.s)
+
+
+def draw_noise(shape, p_mean, p_std, sigma_data=trigflow.SIGMA_DATA, generator=None, guidance=None,
+               device=None, dtype=torch.float32) -> Noise:
+    """For a batch of `shape`: t ~ the proposal (log-normal in tan t), z ~ N(0, sd^2 I), then s where guidance is
+    a range (in that order)."""
+    t = trigflow.sample_time(shape[0], p_mean, p_std, sigma_data, generator, device, dtype)
+    z = torch.randn(shape, generator=generator, device=device, dtype=dtype) * sigma_data
+    s = _guidance_scales(guidance, shape[0], generator, t) if guidance is not None else 1.0
+    return Noise(t, z, s)
+
+
 def diffusion_loss(net, weight, x0, class_labels, p_mean, p_std, sigma_data=trigflow.SIGMA_DATA,
-                   generator=None):
+                   generator=None, noise: Noise | None = None):
     """TrigFlow diffusion: F(x_t / sd, t) regresses (dx_t/dt) / sd with the adaptive weight w(t)."""
-    t = trigflow.sample_time(x0.shape[0], p_mean, p_std, sigma_data, generator, x0.device, x0.dtype)
-    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * sigma_data
+    noise = noise or draw_noise(x0.shape, p_mean, p_std, sigma_data, generator, None, x0.device, x0.dtype)
+    t, z = noise.t, noise.z
     x_t = trigflow.interpolate(x0, z, t)
     target = trigflow.velocity_target(x0, z, t) / sigma_data
     F_out = net(x_t / sigma_data, t, class_labels)
@@ -66,16 +88,15 @@ def _guidance_scales(guidance, batch: int, generator, like: torch.Tensor):
 def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_std: float,
                      tangent: TangentSettings = TangentSettings(), teacher: Callable | None = None,
                      guidance: float | tuple[float, float] = 1.0, sigma_data: float = trigflow.SIGMA_DATA,
-                     generator=None):
+                     generator=None, noise: Noise | None = None):
     """sCT (teacher=None: dx_t/dt = cos t z - sin t x0) or sCD (dx_t/dt from the teacher), Algorithm 1.
 
     sCD's teacher runs with CFG at `guidance`; a (lo, hi) range draws s per sample, and a student built with a
-    guidance input (`net.takes_guidance`) is told s."""
+    guidance input (`net.takes_guidance`) is told s. `noise`: this batch's draws (default: drawn here)."""
     sd = sigma_data
-    t = trigflow.sample_time(x0.shape[0], p_mean, p_std, sd, generator, x0.device, x0.dtype)
-    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * sd
+    noise = noise or draw_noise(x0.shape, p_mean, p_std, sd, generator, guidance, x0.device, x0.dtype)
+    t, z, s = noise.t, noise.z, noise.s
     x_t = trigflow.interpolate(x0, z, t)
-    s = _guidance_scales(guidance, x0.shape[0], generator, x0)
     student_kwargs = {"guidance": s} if getattr(net, "takes_guidance", False) else {}
     if teacher is None:
         dxt_dt = trigflow.velocity_target(x0, z, t)

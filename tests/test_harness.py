@@ -1,5 +1,4 @@
 """The thin harness path: recipe validation, a short real training run, and the whole pipeline at tiny scale."""
-import json
 import subprocess
 import sys
 from pathlib import Path

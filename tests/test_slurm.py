@@ -104,9 +104,68 @@ def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
     rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
     assert sorted((r["method"], r["nfe"]) for r in rows) == [("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2),
                                                             ("teacher", 7)]
-    logs = list((tmp_path / "runs" / "tiny").glob("*/logs/*_log.out"))
-    assert len(logs) == 3  # one Slurm job per stage, its logs in the run directory
+    logs = list((tmp_path / "runs" / "tiny" / "logs").glob("*_log.out"))
+    assert len(logs) == 6  # a Slurm job per stage for training and one for evaluation, logs in the run directory
     assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet()) == rows
+
+
+def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_path):
+    """A seed sweep: the two teachers are one array, the four students another that waits (afterok) for the
+    teachers' tasks, each evaluation array waits for its training array; every variant's rows come back."""
+    from test_harness import tiny_recipe
+
+    from harness import store
+    from harness.launch import run_recipe
+    from harness.recipe import load_recipe
+
+    class Quiet:
+        def update(self, name, info):
+            pass
+
+    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm", sweep={"seed": [0, 1]},
+                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
+    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
+    assert sorted({r["variant"] for r in rows}) == ["seed=0", "seed=1"] and len(rows) == 10
+    submitted = {d.name: store.read_json(d / "submitted.json") for d in (tmp_path / "runs" / "tiny").glob("*-*")}
+    assert len(submitted) == 6
+    array_of = {name: {kind: s[kind]["job_id"].split("_")[0] for kind in s} for name, s in submitted.items()}
+    teachers = {ids["train"] for name, ids in array_of.items() if name.startswith("teacher")}
+    students = {ids["train"] for name, ids in array_of.items() if not name.startswith("teacher")}
+    assert len(teachers) == 1 and len(students) == 1  # one array per stage
+    assert all("_" in s["train"]["job_id"] for s in submitted.values())
+    scripts = {p.name: p.read_text() for p in (tmp_path / "runs" / "tiny" / "logs").glob("*_submission.sh")}
+    student_script = next(text for name, text in scripts.items() if name.startswith(students.pop()))
+    teacher_tasks = sorted(s["train"]["job_id"] for n, s in submitted.items() if n.startswith("teacher"))
+    assert f"--dependency=afterok:{':'.join(teacher_tasks)}" in student_script
+
+
+def test_a_two_task_job_trains_with_gloo_ddp_on_slurm(executor_factory, tmp_path):
+    """resources.tasks_per_node: 2 -> sbatch --ntasks-per-node=2; submitit's distributed environment joins the two
+    tasks in one gloo group; rank 0 writes the checkpoint, which matches a one-process run (float sums aside)."""
+    import torch
+    from test_harness import tiny_recipe
+
+    from harness import store
+    from harness.launch import _submit, plan_jobs
+    from harness.recipe import load_recipe
+    from harness.train import train_stage
+
+    jobs = {}
+    for name, tasks in (("ddp", 2), ("single", 1)):
+        recipe = load_recipe(tiny_recipe(tmp_path / name, resources={"partition": "debug", "cpus_per_task": 1,
+                                                                     "tasks_per_node": tasks}))
+        job = plan_jobs(recipe, tmp_path / name / "runs")["teacher"]
+        job["threads"] = 1
+        job["recipe"]["stages"]["teacher"].update(steps=3, batch_size=16, label_dropout=0.0)
+        jobs[name] = (job, recipe.stage_resources("teacher"))
+    handle = _submit(jobs["ddp"][0], "slurm", jobs["ddp"][1])
+    final = handle.results()
+    assert len(final) == 2 and final[0] == final[1]  # both tasks ran and ended on the same checkpoint
+    assert store.read_json(Path(jobs["ddp"][0]["run_dir"]) / "progress.json")["ranks"] == 2
+    ddp = torch.load(final[0], weights_only=True)
+    single = torch.load(train_stage(jobs["single"][0]), weights_only=True)
+    for name, tensor in single["net"].items():
+        torch.testing.assert_close(ddp["net"][name], tensor, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_factory, tmp_path):
@@ -137,8 +196,8 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_facto
         assert time.time() < deadline and not handle.done(), "the job never got going"
         time.sleep(0.1)
     subprocess.run(["scancel", "--signal=USR2", handle.job_id], check=True)
-    rows = handle.result()
-    assert rows and rows[0]["method"] == "teacher"
+    final = handle.result()  # a training job returns its final checkpoint
+    assert final.endswith("step-00000400.pt")
     log = Path(handle.paths.stderr).read_text() + Path(handle.paths.stdout).read_text()
     assert "requeue" in log.lower(), log[-2000:]  # submitit logs the checkpoint-and-requeue
 

@@ -1,0 +1,67 @@
+"""`--smoke`: any recipe at toy scale on a CPU, end to end, in a couple of minutes.
+
+Every stage, sweep variant, network family, precision and tangent setting of the recipe is kept; what only
+costs time is shrunk: two steps per stage at batch 4, a narrow network with one block per level, a small synthetic
+data set of the recipe's shape (latents decoded by a tiny random VAE), 2 samples per class for evaluation in the
+digits classifier's feature space, one local task per job, and bf16 where the recipe says fp16 (fp16 autocast is
+emulated on a CPU and 2-3x slower here; tests/test_precision.py covers fp16 with its loss scaler). Runs land under
+`<name>-smoke`, apart from real runs.
+"""
+from .recipe import PREPARED_DATASETS, Recipe
+from .sweep import entry_label
+
+SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
+# what a smoke run fixes: sweep entries that set these are dropped (a size sweep still sweeps sizes)
+FIXED = ("data", "resources", "executor", "network.channels", "network.blocks_per_level",
+         "evaluation.samples_per_class", "evaluation.teacher_steps", "evaluation.batch_size",
+         "evaluation.features", "evaluation.reference")
+FIXED_STAGE_FIELDS = ("steps", "batch_size", "micro_batch", "checkpoint_every", "resources")
+
+
+def _fixed(key: str) -> bool:
+    parts = key.split(".")
+    if parts[0] == "stages" and len(parts) >= 3:
+        return parts[2] in FIXED_STAGE_FIELDS
+    return any(key == f or key.startswith(f + ".") for f in FIXED)
+
+
+def _smoke_sweep(sweep: dict) -> dict:
+    kept = {}
+    for axis, values in sweep.items():
+        if all(isinstance(v, dict) for v in values):
+            kept[axis] = [{"label": entry_label(entry), **{k: v for k, v in entry.items() if not _fixed(k)}}
+                          for entry in values]
+        elif not _fixed(axis):
+            kept[axis] = values
+    return kept
+
+
+def _smoke_data(data: dict) -> dict:
+    if data["name"] in ("digits", "folder", "synthetic"):
+        return data  # already small (and digits is real and on disk)
+    (channels, _, _), classes = PREPARED_DATASETS[data["name"]]
+    latents = data["name"].endswith("latents")
+    return {"name": "synthetic", "shape": [channels, SMOKE_RESOLUTION, SMOKE_RESOLUTION], "count": 64,
+            "num_classes": min(classes, SMOKE_CLASSES), "latents": latents,
+            "vae": "tiny-random" if latents else data["vae"]}
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """The recipe at toy scale (see the module docstring); validated like any recipe."""
+    raw = recipe.model_dump(mode="json", exclude={"variant"})
+    raw["name"] = f"{recipe.name}-smoke"
+    raw["executor"] = "local"
+    raw["resources"] = {"cpus_per_task": 1, "time_min": 30}
+    raw["data"] = _smoke_data(raw["data"])
+    if raw["network"]["name"] in ("unet-edm2", "ddpmpp"):
+        raw["network"].update(channels=32, blocks_per_level=1)
+    for stage in raw["stages"].values():
+        if stage is not None:
+            accumulate = stage["micro_batch"] is not None  # keep exercising gradient accumulation where it is used
+            stage.update(steps=SMOKE_STEPS, batch_size=SMOKE_BATCH, micro_batch=SMOKE_BATCH // 2 if accumulate else None,
+                         checkpoint_every=SMOKE_STEPS, resources=None,
+                         precision="bf16" if stage["precision"] == "fp16" else stage["precision"])
+    raw["evaluation"].update(samples_per_class=2, teacher_steps=2, batch_size=64, features="digits-classifier",
+                             reference=None)
+    raw["sweep"] = _smoke_sweep(raw["sweep"])
+    return Recipe.model_validate(raw)

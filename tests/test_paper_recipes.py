@@ -1,0 +1,251 @@
+"""The paper recipes (recipes/table*.yaml, recipes/fig6*.yaml): they load and expand, and carry the paper's numbers.
+
+The numbers checked are the ones a wrong copy would silently change the result of: sizes, learning rates and their
+0.01 x teacher relation, iterations, dropout, noise proposals, guidance, batch sizes and their split over ranks.
+Where baselines.csv (../shared/reference) is present, the sizes and sCD guidance scales are checked against it.
+"""
+import csv
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.launch import expand_jobs
+from harness.recipe import load_recipe
+from harness.sweep import expand_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+BASELINES = ROOT.parent / "shared" / "reference" / "baselines.csv"
+PAPER = ["table1_cifar10", "table1_imagenet64", "table2_sct", "table2_scd", "fig6_scaling_64", "fig6_scaling_512"]
+SIZES_512 = ["S", "M", "L", "XL", "XXL"]
+SIZES_64 = ["S", "M", "L", "XL"]
+
+# sCM App. G (sCM-facts.md): teacher lr_ref and iterations per size
+TEACHER_LR = {"S": 1e-2, "M": 9e-3, "L": 8e-3, "XL": 7e-3, "XXL": 6.5e-3}
+TEACHER_STEPS_64 = {"S": 1048576, "M": 1486000, "L": 761000, "XL": 540000}
+TEACHER_STEPS_512 = {"S": 1048576, "M": 1048576, "L": 696000, "XL": 598000, "XXL": 376000}
+TEACHER_SIGMA_REL_64 = {"S": 0.075, "M": 0.06, "L": 0.04, "XL": 0.04}
+TEACHER_SIGMA_REL_512 = {"S": 0.025, "M": 0.03, "L": 0.015, "XL": 0.02, "XXL": 0.015}
+SCT_DROPOUT_512 = {"S": 0.25, "M": 0.35, "L": 0.35, "XL": 0.35, "XXL": 0.35}
+SCD_DROPOUT_512 = {"S": 0.0, "M": 0.1, "L": 0.1, "XL": 0.1, "XXL": 0.1}
+SCD_GUIDANCE_512 = {"S": {1.5, 1.4}, "M": {1.3, 1.2}, "L": {1.3, 1.2}, "XL": {1.3, 1.2}, "XXL": {1.3, 1.2}}
+
+
+def variants(name: str):
+    return expand_sweep(load_recipe(RECIPES / f"{name}.yaml"))
+
+
+def student_of(variant):
+    return [m for m in ("sct", "scd") if variant.stage(m) is not None]
+
+
+def baselines() -> list[dict]:
+    if not BASELINES.is_file():
+        pytest.skip(f"{BASELINES} not present")
+    with BASELINES.open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---- every recipe ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipe_loads_and_expands(path):
+    recipe = load_recipe(path)
+    expanded = expand_sweep(recipe)
+    assert expanded and all(v.name == recipe.name for v in expanded)
+    assert len({v.variant for v in expanded}) == len(expanded)
+    assert expand_jobs(recipe, Path("runs"))  # job ids (content hashes) can be made for every variant
+
+
+def test_the_six_paper_recipes_exist():
+    for name in PAPER:
+        assert (RECIPES / f"{name}.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipe_common_settings(name):
+    for v in variants(name):
+        assert v.executor == "slurm"
+        assert v.sigma_data == 0.5
+        assert v.network.time_embedding == "positional" and v.network.c_noise == "t"
+        assert v.network.modulation == "double-norm"
+        assert v.evaluation.consistency_nfe == [1, 2]
+        assert v.evaluation.teacher_sampler == "dpm-solver-2s"
+        assert v.evaluation.features == "inception" and v.evaluation.reference
+        classes = 1 if not v.data.class_conditional else 1000  # unconditional: samples_per_class is the total
+        assert v.evaluation.samples_per_class * classes == 50_000
+        for method in ("teacher", *student_of(v)):
+            stage = v.stage(method)
+            if method != "teacher":
+                assert (stage.tangent.normalization, stage.tangent.norm_constant, stage.tangent.warmup_steps) == \
+                    ("norm", 0.1, 10_000)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_batches_split_over_ranks(name):
+    for v in variants(name):
+        for method in ("teacher", *student_of(v)):
+            stage, world = v.stage(method), v.stage_resources(method).world_size
+            assert stage.batch_size % world == 0, (v.variant, method)
+            share = stage.batch_size // world
+            assert stage.micro_batch is None or share % stage.micro_batch == 0, (v.variant, method)
+            assert stage.batch_size == (512 if v.data.name == "cifar10" else 2048)
+
+
+# ---- CIFAR-10 -------------------------------------------------------------------------------------------------------
+
+def test_table1_cifar10():
+    (v,) = variants("table1_cifar10")
+    assert v.data.name == "cifar10" and v.network.name == "ddpmpp" and not v.data.class_conditional
+    assert (v.network.channels, v.network.channel_mult, v.network.blocks_per_level) == (128, [2, 2, 2], 4)
+    t, sct, scd = v.stages.teacher, v.stages.sct, v.stages.scd
+    assert (t.optimizer.name, t.optimizer.lr, tuple(t.optimizer.betas), t.optimizer.eps) == \
+        ("adam", 1e-3, (0.9, 0.999), 1e-8)
+    assert t.steps == 400_000 and t.dropout == 0.13 and (t.p_mean, t.p_std) == (-1.2, 1.2)
+    for stage in (sct, scd):
+        opt = stage.optimizer
+        assert (opt.name, opt.lr, tuple(opt.betas), opt.eps, opt.schedule) == ("radam", 1e-4, (0.9, 0.99), 1e-8,
+                                                                               "constant")
+        assert (stage.p_mean, stage.p_std) == (-1.0, 1.4)
+    assert sct.dropout == 0.2 and scd.dropout == 0.0
+    for stage in (t, sct, scd):
+        assert (stage.ema.kind, stage.ema.halflife_images) == ("halflife", 500_000)
+    assert v.evaluation.teacher_steps == 18
+
+
+# ---- ImageNet 64 ----------------------------------------------------------------------------------------------------
+
+def check_imagenet64(v):
+    size = v.network.size
+    t = v.stages.teacher
+    assert v.data.name == "imagenet64" and v.network.name == "unet-edm2" and v.network.dropout_max_resolution == 16
+    assert t.steps == TEACHER_STEPS_64[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_64[size]
+    assert (t.optimizer.lr, t.optimizer.ref_steps, t.optimizer.schedule) == (TEACHER_LR[size], 35000, "inverse-sqrt")
+    assert (t.p_mean, t.p_std) == (-0.8, 1.6)
+    for method in student_of(v):
+        stage = v.stage(method)
+        assert stage.steps == 400_000 and (stage.p_mean, stage.p_std) == (-1.0, 1.6)
+        assert stage.dropout == (0.45 if method == "sct" else 0.0)
+        assert stage.ema.sigma_rel == 0.05
+    assert v.evaluation.teacher_steps == 32
+
+
+def test_table1_imagenet64_has_the_sizes_table1_reports():
+    vs = variants("table1_imagenet64")
+    reported = {row["size"] for row in baselines() if row["table"] == "table1" and row["dataset"] == "imagenet64"
+                and row["method"] in ("sCT", "sCD")}
+    assert {v.network.size for v in vs} == reported == {"XL"}
+    for v in vs:
+        assert student_of(v) == ["sct", "scd"]
+        check_imagenet64(v)
+
+
+def test_fig6_scaling_64():
+    vs = variants("fig6_scaling_64")
+    assert sorted((v.network.size, student_of(v)[0]) for v in vs) == \
+        sorted((s, m) for s in SIZES_64 for m in ("sct", "scd"))
+    fig6 = {row["size"] for row in baselines() if row["table"] == "fig6" and row["dataset"] == "imagenet64"}
+    assert fig6 == set(SIZES_64)
+    for v in vs:
+        assert len(student_of(v)) == 1
+        check_imagenet64(v)
+    assert len(expand_jobs(load_recipe(RECIPES / "fig6_scaling_64.yaml"), Path("runs"))) == 4 + 8  # shared teachers
+
+
+# ---- ImageNet 512 ---------------------------------------------------------------------------------------------------
+
+def check_imagenet512(v):
+    size = v.network.size
+    t = v.stages.teacher
+    assert v.data.name == "imagenet512-latents" and v.network.name == "unet-edm2"
+    assert v.network.dropout_max_resolution == 16
+    assert t.steps == TEACHER_STEPS_512[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_512[size]
+    assert (t.optimizer.lr, t.optimizer.ref_steps) == (TEACHER_LR[size], 70000)
+    assert (t.p_mean, t.p_std) == (-0.4, 1.0) and t.label_dropout == 0.1
+    for method in student_of(v):
+        stage = v.stage(method)
+        assert (stage.p_mean, stage.p_std) == (-0.8, 1.6)
+        assert stage.steps == (100_000 if method == "sct" else 200_000)
+        assert stage.dropout == (SCT_DROPOUT_512 if method == "sct" else SCD_DROPOUT_512)[size]
+        assert stage.precision == "fp16"
+    if v.stages.scd is not None:
+        assert v.network.guidance_input and tuple(v.stages.scd.guidance) == (1.0, 2.0)
+        assert set(v.evaluation.student_guidance) == SCD_GUIDANCE_512[size]
+
+
+def test_table2_sct():
+    vs = variants("table2_sct")
+    assert [v.network.size for v in vs] == SIZES_512
+    for v in vs:
+        assert student_of(v) == ["sct"]
+        check_imagenet512(v)
+
+
+def test_table2_scd():
+    vs = variants("table2_scd")
+    assert [v.network.size for v in vs] == SIZES_512
+    for v in vs:
+        assert student_of(v) == ["scd"]
+        check_imagenet512(v)
+
+
+def test_table2_scd_guidance_matches_baselines():
+    best = {}
+    for row in baselines():
+        if row["table"] == "table2" and row["method"] == "sCD" and row["metric"] == "fid" and row["guidance"]:
+            best.setdefault(row["size"], set()).add(float(row["guidance"]))
+    assert best == SCD_GUIDANCE_512
+    for v in variants("table2_scd"):
+        assert set(v.evaluation.student_guidance) == best[v.network.size]
+
+
+def test_fig6_scaling_512():
+    recipe = load_recipe(RECIPES / "fig6_scaling_512.yaml")
+    vs = expand_sweep(recipe)
+    assert sorted((v.network.size, student_of(v)[0]) for v in vs) == \
+        sorted((s, m) for s in SIZES_512 for m in ("sct", "scd"))
+    for v in vs:
+        assert len(student_of(v)) == 1
+        check_imagenet512(v)
+    assert len(expand_jobs(recipe, Path("runs"))) == 5 + 10  # one teacher per size, shared by sCT and sCD
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if n != "table1_cifar10"])
+def test_imagenet_students_use_the_teachers_adam_at_a_hundredth(name):
+    for v in variants(name):
+        t = v.stages.teacher.optimizer
+        assert (t.name, tuple(t.betas), t.eps) == ("adam", (0.9, 0.99), 1e-11)
+        for method in student_of(v):
+            s = v.stage(method).optimizer
+            assert math.isclose(s.lr, 0.01 * t.lr, rel_tol=1e-9), (v.variant, method)
+            assert (s.name, tuple(s.betas), s.eps, s.schedule, s.ref_steps) == \
+                (t.name, tuple(t.betas), t.eps, t.schedule, t.ref_steps)
+            assert v.stage(method).precision == "fp16"
+
+
+# ---- every number carries its source --------------------------------------------------------------------------------
+
+def unsourced_lines(text: str) -> list[str]:
+    """Lines whose value part (after the first ':', or the whole line for list items) has a digit but no comment."""
+    bad = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        code = stripped.split("#", 1)[0]
+        value = code.split(":", 1)[1] if ":" in code else code
+        if re.search(r"\d", value) and "#" not in stripped:
+            bad.append(line)
+    return bad
+
+
+def test_unsourced_lines_scan():
+    sample = "a: 1  # sCM App. G\nb: 2\n# c: 3\nname: x\n- [1, 2]\nkey2: text\n"
+    assert unsourced_lines(sample) == ["b: 2", "- [1, 2]"]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_every_number_has_a_source_comment(name):
+    assert unsourced_lines((RECIPES / f"{name}.yaml").read_text()) == []
