@@ -56,6 +56,18 @@ def sum_gradients(parameters, ranks: Ranks) -> None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
+def any_rank(flag: bool, ranks: Ranks) -> bool:
+    """Whether `flag` holds on any rank (every rank gets the same answer)."""
+    if ranks.world_size == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def mean_over_ranks(values: dict, ranks: Ranks) -> dict:
     """The mean of scalar diagnostics over ranks (for the log; the gradient itself is summed exactly)."""
     if ranks.world_size == 1 or not values:

@@ -12,7 +12,7 @@ from pathlib import Path
 import submitit
 
 from . import store
-from .recipe import Recipe, ResourcesConfig, config_hash
+from .recipe import Recipe, RecipeError, ResourcesConfig, config_hash
 from .sweep import STUDENTS, expand_sweep
 
 # (what the job does, whose job): the order stages are submitted in; each waits only for what it needs
@@ -45,7 +45,11 @@ def expand_jobs(recipe: Recipe, runs_root: Path) -> list[dict]:
     unique = {}
     for variant in expand_sweep(recipe):
         for job in plan_jobs(variant, runs_root).values():
-            unique.setdefault(job["id"], job)
+            first = unique.setdefault(job["id"], job)
+            if first["recipe"]["evaluation"] != job["recipe"]["evaluation"]:
+                raise RecipeError(f"{recipe.name}: sweep variants {first['variant']} and {job['variant']} share the "
+                                  f"{job['method']} job but evaluate it differently; a sweep must change training "
+                                  "settings (evaluation lists such as student_guidance give several rows per job)")
     return sorted(unique.values(), key=lambda job: job["method"] != "teacher")
 
 
@@ -70,6 +74,8 @@ def _executor(kind: str, folder: Path, resources: ResourcesConfig | None = None,
                       cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, gpus_per_node=r.gpus_per_node or None,
                       slurm_partition=r.partition, slurm_account=r.account, slurm_qos=r.qos,
                       slurm_constraint=r.constraint,
+                      # one failed rank ends the job instead of leaving the others waiting in a collective
+                      slurm_srun_args=["--kill-on-bad-exit=1"] if r.world_size > 1 else None,
                       slurm_additional_parameters={"dependency": "afterok:" + ":".join(after)} if after else None)
         executor.update_parameters(**{key: value for key, value in wanted.items() if value is not None})
         return executor
@@ -123,6 +129,11 @@ def _submit(job: dict, executor: str, resources: ResourcesConfig | None = None, 
     return _submit_array([job], kind, executor, resources or ResourcesConfig(), [], Path(job["run_dir"]) / "logs")[0]
 
 
+def _result(handle):
+    """A job's result; a multi-task (data-parallel) job returns one per task, all the same: rank 0's."""
+    return handle.results()[0]
+
+
 def job_error(error: Exception) -> str:
     """The job's own exception line out of submitit's wrapper (which ends with log paths)."""
     text = str(error)
@@ -151,7 +162,7 @@ def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tupl
                 kind, job, handle = current
                 progress_view.update(job_label(job), store.read_json(Path(job["run_dir"]) / "progress.json", {}))
                 if (kind, job["id"]) not in results and handle.done():
-                    results[kind, job["id"]] = handle.result()
+                    results[kind, job["id"]] = _result(handle)
             time.sleep(0.5)
     except KeyboardInterrupt:
         cancel_all()
@@ -234,7 +245,7 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
     if not wait:
         return []
     results = _wait(submitted, progress_view) if on_slurm else {
-        (kind, job["id"]): handle.result() for kind, job, handle in submitted}
+        (kind, job["id"]): _result(handle) for kind, job, handle in submitted}
     for (kind, job_id), result in results.items():
         if kind == "evaluate":
             rows[job_id] = result

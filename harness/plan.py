@@ -44,6 +44,11 @@ _COST_CACHE: dict[tuple, dict] = {}
 
 def data_shape(recipe: Recipe) -> tuple[tuple[int, ...], int]:
     """([C, H, W], number of classes) of the recipe's data, without loading the data set."""
+    shape, classes = _data_shape(recipe)
+    return shape, classes if recipe.data.class_conditional else 0
+
+
+def _data_shape(recipe: Recipe) -> tuple[tuple[int, ...], int]:
     data = recipe.data
     if data.name == "digits":
         return DIGITS_SHAPE
@@ -141,7 +146,7 @@ def network_cost(recipe: Recipe, method: str) -> dict:
     stage = recipe.stage(method)
     # dropout changes saved bytes only by whether masks are kept, not by its rate (label dropout's mask is one
     # value per sample: left out of the key)
-    key = (recipe.network.model_dump_json(), shape, num_classes, stage.dropout > 0)
+    key = (recipe.network.model_dump_json(), shape, num_classes, stage.dropout > 0, method == "scd")
     if key not in _COST_CACHE:
         _COST_CACHE[key] = _measure(recipe, method, shape, num_classes)
     return dict(_COST_CACHE[key])
@@ -213,7 +218,8 @@ def evaluation_nfe(recipe: Recipe, method: str, num_classes: int) -> int:
     """Network evaluations per sample over every sampler setting the evaluation job runs (harness.evaluate)."""
     ev = recipe.evaluation
     if method != "teacher":
-        return sum(ev.consistency_nfe)
+        told = recipe.network.guidance_input and method == "scd"  # one sampling pass per scale told
+        return sum(ev.consistency_nfe) * (len(ev.student_guidance) if told else 1)
     nfe = 2 * ev.teacher_steps - 1 if ev.teacher_sampler == "dpm-solver-2s" else ev.teacher_steps
     return nfe * (2 if ev.guidance > 1.0 and num_classes else 1)  # CFG: conditional + unconditional
 

@@ -172,11 +172,18 @@ class EvaluationConfig(Strict):
     teacher_sampler: Literal["dpm-solver-2s", "euler"] = "dpm-solver-2s"
     teacher_steps: int = Field(18, gt=1)  # DPM-Solver-2S: NFE = 2 steps - 1 (35 for 18, App. G.1)
     guidance: float = Field(1.0, ge=1.0)  # the teacher's CFG scale when sampling
-    student_guidance: list[float] = [1.0]  # scales given to students with a guidance input (one row each)
+    student_guidance: list[float] = Field([1.0], min_length=1)  # scales told to an sCD student with a guidance input
     batch_size: int = Field(512, gt=0)
     metric: Literal["fid"] = "fid"
     features: Literal["digits-classifier", "inception"] = "digits-classifier"  # inception: the paper's FID
     reference: str | None = None  # reference statistics (inception); default: made from the data set
+
+    @field_validator("student_guidance")
+    @classmethod
+    def _scales_at_least_one(cls, v):
+        if any(s < 1.0 for s in v):
+            raise ValueError("student_guidance scales must be >= 1, e.g. [1.3, 1.5]")
+        return v
 
     @field_validator("consistency_nfe")
     @classmethod
@@ -267,7 +274,9 @@ def set_dotted(raw: dict, key: str, value, where: str) -> None:
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent or null (an optional section left out): start it
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping")
     node[leaf] = value

@@ -15,9 +15,10 @@ def gather(recipe: Recipe, runs_root: Path):
     """One DataFrame row per (job, NFE) of this recipe's current jobs; empty when nothing has finished."""
     import pandas as pd
 
-    rows, current = [], evaluation_key(recipe)
+    rows = []
     for job in expand_jobs(recipe, runs_root):
         metrics = store.read_json(Path(job["run_dir"]) / "metrics.json")
+        current = evaluation_key(Recipe.model_validate(job["recipe"]))  # a sweep variant may evaluate differently
         if metrics and metrics.get("key", {}).get("evaluation") == current:  # rows of other settings are stale
             rows.extend(metrics["rows"])
     return pd.DataFrame(rows)

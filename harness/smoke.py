@@ -7,7 +7,9 @@ digits classifier's feature space, one local task per job, and bf16 where the re
 emulated on a CPU and 2-3x slower here; tests/test_precision.py covers fp16 with its loss scaler). Runs land under
 `<name>-smoke`, apart from real runs.
 """
-from .recipe import PREPARED_DATASETS, Recipe
+from pydantic import ValidationError
+
+from .recipe import PREPARED_DATASETS, Recipe, RecipeError, _describe
 from .sweep import entry_label
 
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
@@ -15,7 +17,7 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
 FIXED = ("data", "resources", "executor", "network.channels", "network.blocks_per_level",
          "evaluation.samples_per_class", "evaluation.teacher_steps", "evaluation.batch_size",
          "evaluation.features", "evaluation.reference")
-FIXED_STAGE_FIELDS = ("steps", "batch_size", "micro_batch", "checkpoint_every", "resources")
+FIXED_STAGE_FIELDS = ("steps", "batch_size", "checkpoint_every", "resources")  # micro_batch: shrunk below
 
 
 def _fixed(key: str) -> bool:
@@ -25,14 +27,24 @@ def _fixed(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in FIXED)
 
 
+def _smoke_value(key: str, value):
+    """A sweep value at toy scale: a micro-batch still accumulates (2 passes); fp16 becomes bf16 (see above)."""
+    if key.endswith(".micro_batch") and value is not None:
+        return SMOKE_BATCH // 2
+    if key.endswith(".precision") and value == "fp16":
+        return "bf16"
+    return value
+
+
 def _smoke_sweep(sweep: dict) -> dict:
     kept = {}
     for axis, values in sweep.items():
         if all(isinstance(v, dict) for v in values):
-            kept[axis] = [{"label": entry_label(entry), **{k: v for k, v in entry.items() if not _fixed(k)}}
+            kept[axis] = [{"label": entry_label(entry), **{k: _smoke_value(k, v) for k, v in entry.items()
+                                                           if not _fixed(k) and k != "label"}}
                           for entry in values]
         elif not _fixed(axis):
-            kept[axis] = values
+            kept[axis] = [_smoke_value(axis, v) for v in values]
     return kept
 
 
@@ -43,6 +55,7 @@ def _smoke_data(data: dict) -> dict:
     latents = data["name"].endswith("latents")
     return {"name": "synthetic", "shape": [channels, SMOKE_RESOLUTION, SMOKE_RESOLUTION], "count": 64,
             "num_classes": min(classes, SMOKE_CLASSES), "latents": latents,
+            "class_conditional": data["class_conditional"],
             "vae": "tiny-random" if latents else data["vae"]}
 
 
@@ -64,4 +77,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     raw["evaluation"].update(samples_per_class=2, teacher_steps=2, batch_size=64, features="digits-classifier",
                              reference=None)
     raw["sweep"] = _smoke_sweep(raw["sweep"])
-    return Recipe.model_validate(raw)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"{recipe.name} --smoke: {_describe(e.errors()[0])}") from None

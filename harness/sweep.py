@@ -50,7 +50,9 @@ def expand_sweep(recipe: Recipe) -> list[Recipe]:
     if not recipe.sweep:
         return [recipe]
     base = recipe.model_dump(exclude={"sweep", "variant"})
-    axes = [_axis_entries(axis, values) for axis, values in recipe.sweep.items()]
+    # the method axis goes last: it removes a student stage that other axes may still set keys in
+    ordered = sorted(recipe.sweep.items(), key=lambda item: item[0] == "method")
+    axes = [_axis_entries(axis, values) for axis, values in ordered]
     variants = []
     for combination in itertools.product(*axes):
         raw = copy.deepcopy(base)
@@ -59,7 +61,8 @@ def expand_sweep(recipe: Recipe) -> list[Recipe]:
             for key, value in changes.items():
                 set_dotted(raw, key, value, f"{recipe.name}: sweep {label}")
         if recipe.sweep.get("method") and not any(raw["stages"].get(m) for m in STUDENTS):
-            raise RecipeError(f"{recipe.name}: sweep {label}: the recipe has no stages.{label.split('method=')[1]}")
+            method = label.split("method=")[1].split(",")[0]
+            raise RecipeError(f"{recipe.name}: sweep {label}: the recipe has no stages.{method}")
         try:
             variants.append(Recipe.model_validate({**raw, "variant": label}))
         except ValidationError as e:

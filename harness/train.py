@@ -145,7 +145,7 @@ def _accumulate_gradients(method, stage, recipe, state: TrainState, data, teache
     distribution, not mask for mask."""
     import torch
     from scm import draw_noise
-    from .distributed import mean_over_ranks, sum_gradients
+    from .distributed import any_rank, mean_over_ranks, sum_gradients
 
     B = stage.batch_size
     index = torch.randint(len(data.images), (B,), generator=state.data_rng)
@@ -156,7 +156,7 @@ def _accumulate_gradients(method, stage, recipe, state: TrainState, data, teache
     if ranks.world_size > 1:  # dropout masks come from torch's own RNG: independent per rank, the same on resume
         torch.manual_seed((recipe.seed << 40) + (state.step << 12) + ranks.rank)
     state.optimizer.zero_grad(set_to_none=True)
-    totals = {}
+    totals, bad = {}, None
     for start in range(ranks.rank * share, (ranks.rank + 1) * share, micro):
         part = slice(start, start + micro)
         rows = index[part].to(data.images.device)
@@ -165,10 +165,13 @@ def _accumulate_gradients(method, stage, recipe, state: TrainState, data, teache
             loss, diag = _objective(method, stage, recipe, state, data.images[rows], labels, noise[part], teacher,
                                     tangent)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method}: non-finite loss at step {state.step + 1} ({diag})")
+            bad = f"{method}: non-finite loss at step {state.step + 1} ({diag})"
+            break
         state.scaler.scale(loss * (micro / B)).backward()
         for key, value in diag.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * micro / share
+            totals[key] = totals.get(key, 0.0) + float(value) * (micro / share)
+    if any_rank(bad is not None, ranks):  # every rank stops together, none is left waiting in a collective
+        raise FloatingPointError(bad or f"{method}: non-finite loss on another rank at step {state.step + 1}")
     sum_gradients(list(state.net.parameters()) + list(state.weight.parameters()), ranks)
     return mean_over_ranks(totals, ranks)
 
@@ -234,10 +237,10 @@ def train_stage(job: dict) -> str:
         if hasattr(state.net, "normalize_weights_"):  # EDM2's forced weight normalization, outside forward
             state.net.normalize_weights_()
         state.ema.update(state.net, state.step)
-        window.append(diag)
         state.elapsed = time.time() - start
         if not ranks.is_main:
             continue
+        window.append(diag)
         if time.time() - last_report > PROGRESS_EVERY_S or state.step == stage.steps:
             _report(run_dir, state, window, time.time() - last_report, stage.steps)
             window, last_report = [], time.time()

@@ -109,6 +109,21 @@ def test_two_gloo_ranks_give_the_one_process_gradient(trained_teacher, tmp_path,
         assert torch.equal(grad, ranks[1]["grads"][name])
 
 
+def test_a_recipe_with_two_tasks_per_job_runs_end_to_end(tmp_path):
+    """run_recipe collects a multi-task job's result (one per task) and goes on to the next stages."""
+    from harness.launch import run_recipe
+
+    class Quiet:
+        def update(self, name, info):
+            pass
+
+    path = tiny_recipe(tmp_path, resources={"tasks_per_node": 2, "cpus_per_task": 1})
+    recipe = load_recipe(path)
+    rows = run_recipe(recipe, tmp_path / "runs", "local", Quiet())
+    assert sorted((r["method"], r["nfe"]) for r in rows) == [("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2),
+                                                            ("teacher", 7)]
+
+
 def test_a_two_task_job_trains_with_ddp_through_submitit(tmp_path):
     """tasks_per_node: 2 on the local executor: two processes, one gloo group, rank 0 writes the checkpoint; the
     weights match a one-process run of the same recipe (up to float summation order through 2 Adam steps; the

@@ -8,6 +8,7 @@ import pytest
 
 from harness.launch import expand_jobs, run_recipe
 from harness.recipe import load_recipe
+from harness.report import write_report
 from harness.smoke import smoke_recipe
 from harness.sweep import expand_sweep
 
@@ -59,6 +60,8 @@ def test_every_recipe_runs_as_a_smoke_test(tmp_path, name):
     assert {r["variant"] for r in rows} == {v.variant for v in expand_sweep(recipe)} or not recipe.sweep
     for job in expand_jobs(recipe, tmp_path / "runs"):
         assert (Path(job["run_dir"]) / "checkpoints" / "step-00000002.pt").is_file()
+    table = write_report(recipe, tmp_path / "runs", tmp_path / "results")  # every variant's rows reach the table
+    assert len(table) == len(rows)
 
 
 def test_smoke_run_and_report_from_the_command_line(tmp_path):
