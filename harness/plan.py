@@ -146,7 +146,8 @@ def network_cost(recipe: Recipe, method: str) -> dict:
     stage = recipe.stage(method)
     # dropout changes saved bytes only by whether masks are kept, not by its rate (label dropout's mask is one
     # value per sample: left out of the key)
-    key = (recipe.network.model_dump_json(), shape, num_classes, stage.dropout > 0, method == "scd")
+    key = (recipe.network.model_dump_json(), shape, num_classes, stage.dropout > 0,
+           recipe.network.guidance_input and method == "scd")  # only the sCD student takes a guidance input
     if key not in _COST_CACHE:
         _COST_CACHE[key] = _measure(recipe, method, shape, num_classes)
     return dict(_COST_CACHE[key])

@@ -134,7 +134,8 @@ def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_pat
     assert len(teachers) == 1 and len(students) == 1  # one array per stage
     assert all("_" in s["train"]["job_id"] for s in submitted.values())
     scripts = {p.name: p.read_text() for p in (tmp_path / "runs" / "tiny" / "logs").glob("*_submission.sh")}
-    student_script = next(text for name, text in scripts.items() if name.startswith(students.pop()))
+    student_array = next(iter(students))
+    student_script = next(text for name, text in scripts.items() if name.startswith(student_array))
     teacher_tasks = sorted(s["train"]["job_id"] for n, s in submitted.items() if n.startswith("teacher"))
     assert f"--dependency=afterok:{':'.join(teacher_tasks)}" in student_script
 
