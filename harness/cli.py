@@ -93,33 +93,6 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
 
 
 @app.command()
-def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (default: every recipes/*.yaml with runs)."),
-           smoke: bool = SMOKE, runs_dir: Path = RUNS, results_dir: Path = RESULTS):
-    """Compile each recipe's finished jobs into results/<recipe>/table.md, table.csv and sample grids."""
-    from rich.console import Console
-    from rich.table import Table
-    from .report import write_report
-
-    suffix = "-smoke" if smoke else ""
-    paths = recipes or [p for p in sorted(Path("recipes").glob("*.yaml")) if (runs_dir / f"{p.stem}{suffix}").is_dir()]
-    if not paths:
-        _fail(f"no runs found under {runs_dir}; run a recipe first: scm-bench run recipes/digits.yaml")
-    console = Console()
-    for path in paths:
-        spec = _load(path, smoke=smoke)
-        table = write_report(spec, runs_dir, results_dir)
-        if table is None:
-            console.print(f"{spec.name}: no finished jobs under {runs_dir / spec.name}")
-            continue
-        view = Table(title=f"{spec.name} ({results_dir / spec.name / 'table.md'})")
-        for column in table.columns:
-            view.add_column(column, justify="right")
-        for row in table.itertuples(index=False):
-            view.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-        console.print(view)
-
-
-@app.command()
 def status(recipe: Path = typer.Argument(..., help="Recipe YAML whose jobs to show."), smoke: bool = SMOKE,
            runs_dir: Path = RUNS):
     """Each job of the recipe: state, step / total, last loss, executor and job ids, log path."""
@@ -160,6 +133,14 @@ app.command("plan", help="Expanded jobs of a recipe with resources, GPU-hours (f
 
 app.command("prepare", help="Prepare a data set from your own copy: cifar10 (the python archive), imagenet64 or "
                             "imagenet512-latents (an ImageNet training folder; latents with the SD VAE).")(prepare_command)
+
+from .refs import refs_app  # noqa: E402
+from .report_cli import report_command  # noqa: E402
+
+app.command("report", help="Compile each recipe's finished jobs into results/<recipe>/: table.md, table.csv, "
+                           "table.tex beside the paper's numbers, plots and sample grids.")(report_command)
+
+app.add_typer(refs_app, name="refs")
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
 app.add_typer(bench_app, name="bench")

@@ -1,32 +1,28 @@
-"""Evaluation of a finished stage: samples at each NFE, FID in the digits classifier's feature space via
-clean-fid's feature pipeline, class accuracy of the samples, a sample grid per setting."""
+"""Evaluation of a finished stage: samples at each setting (per-sample seeds, sharded, resumable), FID and KID in the
+recipe's feature space (the digits classifier or clean-fid's Inception), class accuracy on the digits, and a sample
+grid per setting. Metrics rows are long: one per (setting, metric)."""
 import shutil
+import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import store
+from .features import resize_for_classifier
 from .metrics import feature_statistics, fid_from_features, frechet_distance
 from .recipe import Recipe, config_hash
 
-FEATURE_EXTRACTOR = "digits-classifier-64d"
+KID_REFERENCE_FEATURES = 50_000  # reference features kept for KID (a seeded random subset of larger data sets)
+REFERENCE_CHUNK = 4096  # images per chunk when streaming the real data through the extractor
 
 
 def to_uint8(images) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W] (C = 1) or [N, H, W, C]."""
     arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().numpy().astype(np.uint8)
     return arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
-
-
-def resize_for_classifier(img: np.ndarray) -> np.ndarray:
-    """clean-fid resize hook: the digits classifier reads 8x8; other sizes are resized (a rough proxy)."""
-    if img.shape[:2] == (8, 8):
-        return img
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((8, 8), Image.BICUBIC))
 
 
 def write_pngs(images_uint8: np.ndarray, folder: Path) -> None:
@@ -75,10 +71,6 @@ def classify(images_uint8: np.ndarray, classifier) -> np.ndarray:
         return classifier(CleanFidDigitsExtractor.to_classifier_input(x)).argmax(1).numpy()
 
 
-def _reference_ready(folder: Path) -> bool:
-    return (folder / "reference.json").is_file() and (folder / "stats.npz").is_file()
-
-
 def pixels_of(images, recipe: Recipe, vae=None) -> np.ndarray:
     """uint8 pixels of data-space samples: latents go through the VAE's decoder first."""
     if recipe.data.is_latent:
@@ -97,27 +89,86 @@ def latent_decoder(recipe: Recipe):
     return load_vae(recipe.data.vae)
 
 
-def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=None) -> dict:
-    """Features of the real data (cached per data set), and the real-vs-real floor: FID of one half vs the other.
+def _reference_ready(folder: Path) -> bool:
+    return (folder / "reference.json").is_file() and (folder / "stats.npz").is_file()
 
-    Built in a private folder and renamed into place, so two jobs that start at once cannot mix their files.
-    """
+
+def _real_pixels(recipe: Recipe, data, vae, start: int, end: int) -> np.ndarray:
     import torch
 
-    ref_dir = Path(runs_root) / "_reference" / f"{recipe.data.name}-{config_hash(recipe.data.model_dump())}"
+    images = data.images[start:end] if not isinstance(data.images, torch.Tensor) else data.images[start:end]
+    return pixels_of(images, recipe, vae)
+
+
+def _statistics_hash(mu, sigma) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(mu, np.float64).tobytes()
+                          + np.ascontiguousarray(sigma, np.float64).tobytes()).hexdigest()[:12]
+
+
+def cleanfid_reference_file(reference: str, resolution: int) -> Path:
+    """'cifar10-train-legacy_tensorflow' -> clean-fid's statistics file cifar10_legacy_tensorflow_train_32.npz."""
+    import cleanfid
+
+    name, split, mode = reference.split("-", 2)
+    return Path(cleanfid.__file__).parent / "stats" / f"{name}_{mode}_{split}_{resolution}.npz".lower()
+
+
+def check_reference(recipe: Recipe, shape) -> None:
+    """Fail before submitting when the recipe names reference statistics that are not on this machine."""
+    ref = recipe.evaluation.reference
+    if ref is None:
+        return
+    if ref.endswith(".npz"):
+        if not Path(ref).is_file():
+            raise FileNotFoundError(f"evaluation.reference {ref} not found; give an .npz with mu and sigma, or leave "
+                                    "it unset to compute statistics from the data set")
+        return
+    if ref.count("-") < 2:
+        raise ValueError(f"evaluation.reference {ref!r}: expected a path to an .npz or a clean-fid name such as "
+                         "cifar10-train-legacy_tensorflow")
+    path = cleanfid_reference_file(ref, shape[-1])
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics {path} not found; on a machine with internet download "
+                                f"https://www.cs.cmu.edu/~clean-fid/stats/{path.name} and copy it there")
+
+
+def _load_reference_file(path: Path) -> dict:
+    with np.load(path) as stats:
+        mu, sigma = stats["mu"], stats["sigma"]
+        feats = stats["feats"] if "feats" in stats.files else None
+    return {"mu": mu, "sigma": sigma, "feats": feats, "count": None, "real_vs_real_half_fid": None,
+            "source": str(path), "hash": _statistics_hash(mu, sigma)}
+
+
+def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=None) -> dict:
+    """mu, sigma (and features for KID) of the real data in the extractor's space, plus the real-vs-real floor (FID
+    of one half against the other): from the named statistics file, or computed from the data set, streamed in
+    chunks and cached per data set and extractor. Built in a private folder and renamed into place, so two jobs
+    that start at once cannot mix their files."""
+    ref = recipe.evaluation.reference
+    if ref is not None:
+        return _load_reference_file(Path(ref) if ref.endswith(".npz") else
+                                    cleanfid_reference_file(ref, data.shape[-1]))
+    key = config_hash(recipe.data.model_dump(), extractor.name)
+    ref_dir = Path(runs_root) / "_reference" / f"{recipe.data.name}-{key}"
     if not _reference_ready(ref_dir):
         ref_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=ref_dir.parent, prefix=f".{ref_dir.name}."))
         try:
-            images = data.images if isinstance(data.images, torch.Tensor) else data.images[:]  # prepared: from disk
-            write_pngs(pixels_of(images, recipe, vae), work / "images")
-            feats = folder_features(work / "images", extractor)
+            from .features import stream_features
+
+            count = len(data.images)
+            feats = np.concatenate([stream_features(_real_pixels(recipe, data, vae, a, min(a + REFERENCE_CHUNK, count)),
+                                                    extractor) for a in range(0, count, REFERENCE_CHUNK)])
             half = np.random.default_rng(0).permutation(len(feats))
             floor = fid_from_features(feats[half[: len(feats) // 2]], feats[half[len(feats) // 2:]])
             mu, sigma = feature_statistics(feats)
-            np.savez(work / "stats.npz", mu=mu, sigma=sigma)
+            keep = np.sort(half[:KID_REFERENCE_FEATURES])
+            np.savez(work / "stats.npz", mu=mu, sigma=sigma, feats=feats[keep])
             store.write_json(work / "reference.json", {"count": len(feats), "real_vs_real_half_fid": floor,
-                                                       "features": FEATURE_EXTRACTOR})
+                                                       "features": extractor.name})
             if ref_dir.exists() and not _reference_ready(ref_dir):  # left half-built by a killed job
                 shutil.rmtree(ref_dir, ignore_errors=True)
             try:
@@ -127,18 +178,20 @@ def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=N
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    with np.load(ref_dir / "stats.npz") as stats:
-        return {**store.read_json(ref_dir / "reference.json"), "mu": stats["mu"], "sigma": stats["sigma"]}
+    info = store.read_json(ref_dir / "reference.json")
+    return {**_load_reference_file(ref_dir / "stats.npz"), "count": info["count"],
+            "real_vs_real_half_fid": info["real_vs_real_half_fid"], "source": str(ref_dir)}
 
 
 def evaluation_key(recipe: Recipe) -> str:
     """Names the evaluation settings; metrics made under other settings are stale."""
-    return config_hash(recipe.evaluation.model_dump(), recipe.seed)
+    # shards and ranks change how the work is split, never a sample (per-sample seeds)
+    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks"}), recipe.seed)
 
 
 def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]:
     """(sampler, steps, guidance): the teacher's ODE solver at its CFG scale, or consistency sampling at each NFE
-    (at each of evaluation.student_guidance for a student that takes the scale as an input)."""
+    (at each of evaluation.student_guidance for an sCD student that takes the scale as an input)."""
     ev = recipe.evaluation
     if method == "teacher":
         return [(ev.teacher_sampler, ev.teacher_steps, ev.guidance)]
@@ -146,66 +199,98 @@ def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]
     return [("consistency", n, s) for n in ev.consistency_nfe for s in scales]
 
 
-def generate(net, recipe: Recipe, shape, labels, sampler: str, steps: int, guidance: float = 1.0):
-    """Samples from fixed noise (the same z for every method and NFE, so grids compare at a glance).
-
-    The teacher's sampler applies classifier-free guidance (two network evaluations per solver call, which the
-    returned NFE counts); a student with a guidance input is told the scale instead (sCD distils the guided teacher).
-    """
-    import torch
-    from scm.sampling import consistency_sample, guided, teacher_sample
-    from .train import net_device
-
-    ev, sd = recipe.evaluation, recipe.sigma_data
-    told = sampler == "consistency" and getattr(net, "takes_guidance", False)
-    cfg = guidance if sampler != "consistency" and labels is not None else 1.0
-    n = len(labels) if labels is not None else ev.samples_per_class
-    where = net_device(net)
-    z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(recipe.seed + 1000)) * sd  # same on any device
-    step_rng = torch.Generator(device=where).manual_seed(recipe.seed + 2000)
-    outs, nfe = [], 0
-    for start in range(0, n, ev.batch_size):
-        batch_labels = labels[start: start + ev.batch_size].to(where) if labels is not None else None
-        F = (lambda x, t, y=batch_labels: net(x, t, y, guidance=guidance)) if told else guided(net, batch_labels, cfg)
-        zb = z[start: start + ev.batch_size].to(where)
-        if sampler == "consistency":
-            x, nfe = consistency_sample(F, zb, steps, sigma_data=sd, generator=step_rng)
-        else:
-            x, nfe = teacher_sample(F, zb, sampler, steps, sd)
-        outs.append(x.cpu())
-    return torch.cat(outs), nfe * (2 if cfg != 1.0 else 1)
-
-
-def _grid(pixels: np.ndarray, per_class: int, num_classes: int, path: Path) -> None:
-    """Up to 10 samples per class, one column per class (10 x 10 for unconditional data)."""
+def _grid_indices(per_class: int, num_classes: int, count: int) -> tuple[list[int], int, int]:
+    """Up to 10 samples of each of the first 10 classes, one column per class (10 x 10 unconditional)."""
     if num_classes:
-        rows = min(per_class, 10)
-        order = (np.arange(rows)[:, None] + per_class * np.arange(num_classes)[None]).ravel()
-        write_grid(pixels[order], path, rows=rows, cols=num_classes)
-    else:
-        write_grid(pixels[:100], path, rows=min(10, -(-min(len(pixels), 100) // 10)), cols=10)
+        rows, cols = min(per_class, 10), min(num_classes, 10)
+        return [c * per_class + r for r in range(rows) for c in range(cols)], rows, cols
+    shown = min(count, 100)
+    return list(range(shown)), -(-shown // 10), 10
 
 
-def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae=None) -> dict:
-    """Generate, write PNGs and a grid, then FID against the reference and class accuracy."""
+def _save_array(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    store.write_bytes_atomic(path, buffer.getvalue())
+
+
+def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, extractor, vae, ranks=None,
+                   classifier=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features (and predicted classes, for the digits) of every sample of a setting, shard by shard: a finished
+    shard's files are kept and skipped, so evaluation resumes; rank r of a data-parallel job takes shards r, r + W,
+    ...; rank 0 then waits for every shard and returns them in seed order (other ranks return empty arrays)."""
+    from .distributed import Ranks
+    from .features import stream_features
+    from .generate import generate, shard_ranges
+
+    ranks = ranks or Ranks()
+    ev = recipe.evaluation
+    count = len(labels) if labels is not None else ev.samples_per_class
+    shards = shard_ranges(count, ev.shard_size)
+    for start, end in shards[ranks.rank::ranks.world_size]:
+        path = folder / f"features-{start:07d}-{end:07d}.npy"
+        if path.is_file():
+            continue
+        images = generate(net, setting, range(start, end), labels, data.shape, recipe.seed, recipe.sigma_data,
+                          ev.batch_size)
+        pixels = pixels_of(images, recipe, vae)
+        if classifier is not None:
+            _save_array(folder / f"classes-{start:07d}-{end:07d}.npy", classify(pixels, classifier))
+        _save_array(path, stream_features(pixels, extractor, ev.batch_size))
+    if not ranks.is_main:
+        return np.zeros((0,)), None
+    paths = [folder / f"features-{a:07d}-{b:07d}.npy" for a, b in shards]
+    while not all(p.is_file() for p in paths):  # the other ranks' shards
+        time.sleep(1.0)
+    feats = np.concatenate([np.load(p) for p in paths])
+    classes = (np.concatenate([np.load(folder / f"classes-{a:07d}-{b:07d}.npy") for a, b in shards])
+               if classifier is not None else None)
+    return feats, classes
+
+
+def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae=None,
+                      ranks=None) -> list[dict] | None:
+    """Features of every sample -> FID, KID (and class accuracy); a grid of fixed samples. Long rows."""
+    from cleanfid.fid import kernel_distance
+    from .generate import Setting, generate
+
     sampler, steps, guidance = setting
-    start = time.time()
-    images, nfe = generate(net, recipe, data.shape, labels, sampler, steps, guidance)
-    sample_seconds = time.time() - start
-    pixels = pixels_of(images, recipe, vae)
     told = sampler == "consistency" and getattr(net, "takes_guidance", False)
-    name = f"nfe-{nfe}" + (f"-guidance-{guidance:g}" if told else "")
-    folder = run_dir / "samples" / name
-    write_pngs(pixels, folder)
-    mu, sigma = feature_statistics(folder_features(folder, extractor))
-    grid = run_dir / "samples" / f"grid-{name}.png"
-    _grid(pixels, recipe.evaluation.samples_per_class, data.num_classes, grid)
-    accuracy = (float((classify(pixels, classifier) == labels.numpy()).mean())
-                if labels is not None and recipe.data.name == "digits" else None)
-    return {"sampler": sampler, "nfe": nfe, "guidance": guidance,
-            "fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-            "class_accuracy": accuracy, "num_samples": len(pixels), "sample_seconds": sample_seconds,
-            "grid": str(grid.resolve())}
+    setting = Setting(sampler, steps, guidance if (told or sampler != "consistency") else 1.0, told)
+    folder = run_dir / "samples" / setting.name
+    start = time.time()
+    feats, classes = shard_features(net, recipe, data, labels, setting, folder, extractor, vae, ranks, classifier)
+    if ranks is not None and not ranks.is_main:
+        return None
+    sample_seconds = time.time() - start
+    mu, sigma = feature_statistics(feats)
+    indices, rows, cols = _grid_indices(recipe.evaluation.samples_per_class, data.num_classes, len(feats))
+    grid = run_dir / "samples" / f"grid-{setting.name}.png"
+    write_grid(pixels_of(generate(net, setting, indices, labels, data.shape, recipe.seed, recipe.sigma_data),
+                         recipe, vae), grid, rows, cols)
+    common = {"sampler": sampler, "nfe": setting.nfe(labels is not None), "guidance": setting.guidance,
+              "num_samples": len(feats), "sample_seconds": sample_seconds, "grid": str(grid.resolve())}
+    metrics = {"fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
+    if ref.get("feats") is not None:
+        metrics["kid"] = float(kernel_distance(feats, ref["feats"]))
+    if classes is not None:
+        metrics["class_accuracy"] = float((classes == labels.numpy()).mean())
+    return [{**common, "metric": name, "value": value} for name, value in metrics.items()]
+
+
+def code_version() -> str:
+    """The git commit of this code (with +dirty when the tree has changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
 
 
 def _metrics_key(job: dict, checkpoint: str) -> dict:
@@ -220,36 +305,58 @@ def finished_rows(job: dict, checkpoint: str) -> list[dict] | None:
     return cached["rows"] if cached and cached.get("key") == _metrics_key(job, checkpoint) else None
 
 
+def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, ref: dict, extractor, net) -> dict:
+    """What every metrics row of this job records besides its setting, metric and value."""
+    method, stage = job["method"], recipe.stage(job["method"])
+    ema = (f"power sigma_rel={stage.ema.sigma_rel}" if stage.ema.kind == "power"
+           else f"halflife {stage.ema.halflife_images:g} images")
+    return {"recipe": recipe.name, "variant": job.get("variant", ""), "job": Path(job["run_dir"]).name,
+            "teacher_job": job.get("teacher", Path(job["run_dir"]).name), "method": method,
+            "size": recipe.network.size, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+            "seed": recipe.seed, "ema": ema, "checkpoint_step": int(state["step"]),
+            "checkpoint": Path(checkpoint).name, "reference": ref["source"], "reference_hash": ref["hash"],
+            "reference_count": ref["count"], "real_vs_real_half_fid": ref["real_vs_real_half_fid"],
+            "features": extractor.name, "code_version": code_version(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_seconds": state["elapsed"],
+            "diverged": False}
+
+
 def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
-    """Metrics rows for one trained stage; cached in metrics.json for that checkpoint and these settings."""
+    """Metrics rows for one trained stage; cached in metrics.json for that checkpoint and these settings.
+    In a multi-task job every rank generates its shards; rank 0 computes the metrics and writes the rows."""
     import torch
-    from .classifier import CleanFidDigitsExtractor, load_digits_classifier
+    from .classifier import load_digits_classifier
     from .data import load_data
-    from .train import load_ema_network
+    from .distributed import init_ranks
+    from .features import build_extractor
+    from .train import device, load_ema_network
 
     torch.set_num_threads(job["threads"])
     recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
     cached = finished_rows(job, checkpoint)
     if cached is not None:
         return cached
-    store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}),
-                                                 "state": "evaluating"})
+    ranks = init_ranks()
+    if ranks.is_main:
+        store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}),
+                                                     "state": "evaluating"})
     data = load_data(recipe.data)
-    classifier = load_digits_classifier()
-    extractor = CleanFidDigitsExtractor(classifier)
+    extractor = build_extractor(recipe.evaluation.features, recipe.evaluation.fid_mode, device())
+    classifier = load_digits_classifier() if recipe.data.name == "digits" and data.num_classes else None
     vae = latent_decoder(recipe)
-    ref = reference_statistics(recipe, data, Path(job["runs_root"]), extractor, vae)
+    ref = reference_statistics(recipe, data, Path(job["runs_root"]), extractor, vae) if ranks.is_main else None
     state = store.load_checkpoint(Path(checkpoint))
     net = load_ema_network(recipe, Path(checkpoint), data.shape, data.num_classes, state, method)
     labels = (torch.arange(data.num_classes).repeat_interleave(recipe.evaluation.samples_per_class)
               if data.num_classes else None)
-    common = {"recipe": recipe.name, "job": run_dir.name, "method": method, "variant": job.get("variant", ""),
-              "teacher_job": job.get("teacher", run_dir.name), "reference_count": ref["count"],
-              "real_vs_real_half_fid": ref["real_vs_real_half_fid"], "features": FEATURE_EXTRACTOR,
-              "train_seconds": state["elapsed"], "checkpoint": Path(checkpoint).name}
-    rows = [{**common, **_evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref,
-                                            vae)}
-            for setting in sample_settings(recipe, method)]
+    rows = []
+    for setting in sample_settings(recipe, method):
+        rows += _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae,
+                                  ranks) or []
+    if not ranks.is_main:
+        return []
+    context = _row_context(recipe, job, state, checkpoint, ref, extractor, net)
+    rows = [{**context, **row} for row in rows]
     if method == "scd" and not recipe.network.guidance_input:  # it samples at the CFG scale it was distilled at
         rows = [{**row, "guidance": recipe.stages.scd.guidance} for row in rows]
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, checkpoint), "rows": rows})
@@ -270,19 +377,20 @@ def run_job(job: dict):
     if kind not in ("train", "evaluate"):
         raise ValueError(f"unknown job kind {kind!r}; expected train or evaluate")
     if _task_rank() > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
-        return train_stage(job)
+        return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
     with open(run_dir / ".lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(f"{run_dir.name} is already running in another process; wait for it or stop it") from None
-        if kind == "train":
-            return train_stage(job)
-        steps = job["recipe"]["stages"][job["method"]]["steps"]
-        final = store.checkpoint_path(run_dir, steps)
-        if not final.is_file():
-            raise FileNotFoundError(f"{run_dir.name}: no final checkpoint {final.name} to evaluate; train it first")
-        return evaluate_stage(job, str(final))
+        return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
+
+
+def _evaluate_final(job: dict, run_dir: Path) -> list[dict]:
+    final = store.checkpoint_path(run_dir, job["recipe"]["stages"][job["method"]]["steps"])
+    if not final.is_file():
+        raise FileNotFoundError(f"{run_dir.name}: no final checkpoint {final.name} to evaluate; train it first")
+    return evaluate_stage(job, str(final))
 
 
 def _task_rank() -> int:

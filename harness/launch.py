@@ -58,9 +58,11 @@ def job_label(job: dict) -> str:
 
 
 def evaluation_resources(job: dict) -> ResourcesConfig:
-    """Evaluation runs as one task on one node (with one GPU where training had GPUs)."""
+    """Evaluation runs on one node as evaluation.ranks tasks (one GPU each where training had GPUs)."""
     train = ResourcesConfig.model_validate(job["resources"])
-    return train.model_copy(update={"nodes": 1, "tasks_per_node": None, "gpus_per_node": min(1, train.gpus_per_node)})
+    ranks = job["recipe"]["evaluation"]["ranks"]
+    gpus = ranks if train.gpus_per_node else 0
+    return train.model_copy(update={"nodes": 1, "tasks_per_node": None if gpus else ranks, "gpus_per_node": gpus})
 
 
 def _executor(kind: str, folder: Path, resources: ResourcesConfig | None = None, after: list[str] = (),
@@ -187,9 +189,12 @@ def preflight(recipe: Recipe) -> None:
         if variant.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
             raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} "
                              f"levels; the resolution must be divisible by {2 ** (levels - 1)}")
+    from .evaluate import check_reference
+    from .features import check_inception
+
     if recipe.evaluation.features == "inception":
-        raise ValueError("evaluation.features: inception (the paper's FID) is not wired into evaluation yet (issue 5); "
-                         "run with --smoke, or --set evaluation.features=digits-classifier for a rough proxy")
+        check_inception()
+    check_reference(recipe, data.shape)
     if data.num_classes == 0 and recipe.evaluation.guidance != 1.0:
         raise ValueError("evaluation.guidance > 1 needs class labels; give data.labels or set guidance: 1.0")
 

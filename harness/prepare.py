@@ -100,21 +100,21 @@ def _write_prepared(out: Path, meta: dict, dtype, labels, batches, overwrite: bo
 
 # ---- CIFAR-10 ------------------------------------------------------------------------------------------------------
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists and numpy arrays only: a downloaded archive must not be able to run code."""
+class ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists and numpy arrays only: a downloaded pickle must not be able to run code."""
     NUMPY_NAMES = {"_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar"}
 
     def find_class(self, module, name):
         numpy_part = module.split(".")[0] == "numpy" and name in self.NUMPY_NAMES
         if numpy_part or (module, name) == ("_codecs", "encode"):  # protocol 2 pickles bytes via _codecs.encode
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} has no place in a CIFAR-10 batch")
+        raise pickle.UnpicklingError(f"{module}.{name} is refused: only arrays and plain containers are loaded")
 
 
 def _read_cifar_batch(file, where: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> images uint8 [n, 3, 32, 32] (rows are R, G, B planes of 32x32) and labels [n]."""
     try:
-        batch = _ArrayUnpickler(file, encoding="bytes").load()
+        batch = ArrayUnpickler(file, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as error:  # a foreign or damaged pickle fails in many ways; all mean "not a CIFAR-10 batch"

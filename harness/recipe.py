@@ -174,9 +174,14 @@ class EvaluationConfig(Strict):
     guidance: float = Field(1.0, ge=1.0)  # the teacher's CFG scale when sampling
     student_guidance: list[float] = Field([1.0], min_length=1)  # scales told to an sCD student with a guidance input
     batch_size: int = Field(512, gt=0)
-    metric: Literal["fid"] = "fid"
+    metric: Literal["fid"] = "fid"  # KID is reported beside it where reference features exist
     features: Literal["digits-classifier", "inception"] = "digits-classifier"  # inception: the paper's FID
-    reference: str | None = None  # reference statistics (inception); default: made from the data set
+    fid_mode: Literal["legacy_tensorflow", "clean"] = "legacy_tensorflow"  # clean-fid mode for inception
+    # reference statistics: unset = computed from the data set; an .npz with mu, sigma (and feats for KID); or a
+    # clean-fid name NAME-SPLIT-MODE such as cifar10-train-legacy_tensorflow
+    reference: str | None = None
+    shard_size: int = Field(1000, gt=0)  # samples per shard: the unit of resuming and of splitting over ranks
+    ranks: int = Field(1, gt=0)  # data-parallel generation tasks in an evaluation job (one GPU each)
 
     @field_validator("student_guidance")
     @classmethod

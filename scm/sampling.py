@@ -40,13 +40,17 @@ def _full(t: float, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def consistency_sample(F, z: torch.Tensor, steps: int = 1, times: list[float] | None = None,
-                       sigma_data: float = trigflow.SIGMA_DATA, generator=None):
-    """x0 = f(z, t_max), then x = cos(t) x0 + sin(t) z' and x0 = f(x, t) at each later time."""
+                       sigma_data: float = trigflow.SIGMA_DATA, generator=None, noises=None):
+    """x0 = f(z, t_max), then x = cos(t) x0 + sin(t) z' and x0 = f(x, t) at each later time.
+
+    z' ~ N(0, sd^2 I) is drawn from `generator`, or taken from `noises` (one standard-normal tensor per later
+    step), which lets a caller fix every sample's noise by its own seed."""
     times = consistency_times(steps) if times is None else times
     x = z
     for i, t in enumerate(times):
         if i > 0:
-            fresh = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype) * sigma_data
+            fresh = (noises[i - 1].to(z) if noises is not None else
+                     torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)) * sigma_data
             x = math.cos(t) * x0 + math.sin(t) * fresh
         tt = _full(t, x)
         x0 = consistency_function(F(x / sigma_data, tt), x, tt, sigma_data)
