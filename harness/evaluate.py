@@ -12,7 +12,7 @@ import numpy as np
 
 from . import store
 from .features import resize_for_classifier
-from .metrics import feature_statistics, fid_from_features, frechet_distance
+from .metrics import feature_statistics, fid_from_features, frechet_distance, kernel_distance
 from .recipe import Recipe, config_hash
 
 KID_REFERENCE_FEATURES = 50_000  # reference features kept for KID (a seeded random subset of larger data sets)
@@ -253,7 +253,6 @@ def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, ext
 def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae=None,
                       ranks=None) -> list[dict] | None:
     """Features of every sample -> FID, KID (and class accuracy); a grid of fixed samples. Long rows."""
-    from cleanfid.fid import kernel_distance
     from .generate import Setting, generate
 
     sampler, steps, guidance = setting
@@ -274,7 +273,7 @@ def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, cl
               "num_samples": len(feats), "sample_seconds": sample_seconds, "grid": str(grid.resolve())}
     metrics = {"fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
     if ref.get("feats") is not None:
-        metrics["kid"] = float(kernel_distance(feats, ref["feats"]))
+        metrics["kid"] = kernel_distance(feats, ref["feats"])
     if classes is not None:
         metrics["class_accuracy"] = float((classes == labels.numpy()).mean())
     return [{**common, "metric": name, "value": value} for name, value in metrics.items()]

@@ -23,5 +23,18 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
+def kernel_distance(features: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
+    """KID through clean-fid's kernel_distance, whose random subsets come from numpy's global RNG: seeded here (and
+    the caller's RNG state restored), so the same features always give the same KID."""
+    from cleanfid.fid import kernel_distance as cleanfid_kid
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return float(cleanfid_kid(features, reference))
+    finally:
+        np.random.set_state(state)
+
+
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))

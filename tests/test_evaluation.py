@@ -183,3 +183,16 @@ def test_inception_extractor_runs_through_clean_fid_with_a_stand_in(tmp_path):
             assert feats.shape == (5, 2048) and np.isfinite(feats).all()
     finally:
         target.unlink()
+
+
+def test_kid_is_deterministic_and_leaves_numpys_rng_alone():
+    from harness.metrics import kernel_distance
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(1200, 16)), rng.normal(0.2, 1.0, size=(1100, 16))
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    first = kernel_distance(a, b)
+    assert np.random.random() == before  # the caller's global RNG state is restored
+    assert kernel_distance(a, b) == first and first > 0
