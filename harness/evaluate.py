@@ -39,10 +39,12 @@ def write_pngs(images_uint8: np.ndarray, folder: Path) -> None:
     tmp.rename(folder)
 
 
-def write_grid(images_uint8: np.ndarray, path: Path, rows: int, cols: int, scale: int = 4) -> None:
+def write_grid(images_uint8: np.ndarray, path: Path, rows: int, cols: int, scale: int | None = None) -> None:
+    """Images in a rows x cols grid, each enlarged (nearest) to at least 32 pixels: 8x8 digits 4x, larger ones not."""
     from PIL import Image
 
     h, w = images_uint8.shape[1:3]
+    scale = scale or max(1, 32 // max(h, w))
     grid = np.zeros((rows * (h + 1), cols * (w + 1)) + images_uint8.shape[3:], np.uint8)
     for i, img in enumerate(images_uint8[: rows * cols]):
         r, c = divmod(i, cols)
