@@ -18,13 +18,15 @@ class Ranks:
         return self.rank == 0
 
 
-def _job_tasks() -> int:
+def job_task() -> tuple[int, int]:
+    """(global rank, number of tasks) of this process in its submitit job; (0, 1) outside one (tests, plain calls)."""
     import submitit
 
     try:
-        return submitit.JobEnvironment().num_tasks
-    except RuntimeError:  # not inside a submitit job (tests, or a plain call)
-        return 1
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return 0, 1
+    return env.global_rank, env.num_tasks
 
 
 def init_ranks() -> Ranks:
@@ -34,7 +36,7 @@ def init_ranks() -> Ranks:
 
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if _job_tasks() == 1:
+    if job_task()[1] == 1:
         return Ranks()
     import submitit
 

@@ -370,6 +370,7 @@ def run_job(job: dict):
     checkpoint (kind "evaluate", returns metrics rows). A lock on the run folder refuses a second copy of the same
     job (two writers would interleave checkpoints); in a multi-task job only rank 0 holds it."""
     import fcntl
+    from .distributed import job_task
     from .train import train_stage
 
     run_dir = Path(job["run_dir"])
@@ -377,7 +378,7 @@ def run_job(job: dict):
     kind = job.get("kind", "train")
     if kind not in ("train", "evaluate"):
         raise ValueError(f"unknown job kind {kind!r}; expected train or evaluate")
-    if _task_rank() > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
+    if job_task()[0] > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
         return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
     with open(run_dir / ".lock", "w") as lock:
         try:
@@ -392,12 +393,3 @@ def _evaluate_final(job: dict, run_dir: Path) -> list[dict]:
     if not final.is_file():
         raise FileNotFoundError(f"{run_dir.name}: no final checkpoint {final.name} to evaluate; train it first")
     return evaluate_stage(job, str(final))
-
-
-def _task_rank() -> int:
-    import submitit
-
-    try:
-        return submitit.JobEnvironment().global_rank
-    except RuntimeError:  # called outside a submitit job
-        return 0
