@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .features import resize_for_classifier
 from .metrics import feature_statistics, fid_from_features, frechet_distance, kernel_distance
 from .recipe import Recipe, config_hash
 
@@ -23,20 +22,6 @@ def to_uint8(images) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W] (C = 1) or [N, H, W, C]."""
     arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().numpy().astype(np.uint8)
     return arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
-
-
-def write_pngs(images_uint8: np.ndarray, folder: Path) -> None:
-    """Replace `folder` with one PNG per image, written aside first so a crash leaves no half folder."""
-    from PIL import Image
-
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, img in enumerate(images_uint8):
-        Image.fromarray(img).save(tmp / f"{i:06d}.png")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
 
 
 def write_grid(images_uint8: np.ndarray, path: Path, rows: int, cols: int, scale: int | None = None) -> None:
@@ -51,15 +36,6 @@ def write_grid(images_uint8: np.ndarray, path: Path, rows: int, cols: int, scale
         grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = img
     pic = Image.fromarray(grid)
     pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST).save(path)
-
-
-def folder_features(folder: Path, extractor) -> np.ndarray:
-    import torch
-    from cleanfid import fid as cleanfid
-
-    return cleanfid.get_folder_features(str(folder), model=extractor, num_workers=0, batch_size=512,
-                                        device=torch.device("cpu"), mode="clean",
-                                        custom_fn_resize=resize_for_classifier, verbose=False)
 
 
 def classify(images_uint8: np.ndarray, classifier) -> np.ndarray:
@@ -96,10 +72,7 @@ def _reference_ready(folder: Path) -> bool:
 
 
 def _real_pixels(recipe: Recipe, data, vae, start: int, end: int) -> np.ndarray:
-    import torch
-
-    images = data.images[start:end] if not isinstance(data.images, torch.Tensor) else data.images[start:end]
-    return pixels_of(images, recipe, vae)
+    return pixels_of(data.images[start:end], recipe, vae)  # a tensor, or prepared images read from disk
 
 
 def _statistics_hash(mu, sigma) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.distributed import Ranks
-from harness.evaluate import check_reference, folder_features, shard_features, to_uint8, write_pngs
+from harness.evaluate import check_reference, shard_features, to_uint8
 from harness.features import build_extractor, check_inception, stream_features
 from harness.generate import Setting, generate
 from harness.metrics import frechet_distance
@@ -69,14 +69,30 @@ def test_shards_and_ranks_give_the_same_features_and_resume(setup, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p != lost)
 
 
+def _write_pngs(pixels: np.ndarray, folder) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, img in enumerate(pixels):
+        Image.fromarray(img).save(folder / f"{i:06d}.png")
+
+
+def _folder_features(folder, extractor) -> np.ndarray:
+    """clean-fid's own folder pipeline: PNGs read back, the extractor's resize, its model."""
+    from cleanfid import fid
+
+    return fid.get_folder_features(str(folder), model=extractor.model, num_workers=0, batch_size=512,
+                                   device=torch.device("cpu"), mode="clean", custom_fn_resize=extractor.resize,
+                                   verbose=False)
+
+
 def test_streamed_features_equal_clean_fids_png_pipeline(setup, tmp_path):
     *_, data, extractor = setup
     grey = to_uint8(data.images[:64])
     colour = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3), dtype=np.uint8)
     for name, pixels in (("grey", grey), ("colour", colour)):
-        write_pngs(pixels, tmp_path / name)
-        np.testing.assert_array_equal(stream_features(pixels, extractor), folder_features(tmp_path / name,
-                                                                                           extractor.model))
+        _write_pngs(pixels, tmp_path / name)
+        np.testing.assert_array_equal(stream_features(pixels, extractor), _folder_features(tmp_path / name, extractor))
 
 
 def test_our_frechet_distance_matches_clean_fids():
