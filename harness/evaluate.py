@@ -109,23 +109,35 @@ def check_reference(recipe: Recipe, shape) -> None:
                                 f"https://www.cs.cmu.edu/~clean-fid/stats/{path.name} and copy it there")
 
 
-def _load_reference_file(path: Path) -> dict:
+def _load_reference_file(path: Path, suffix: str = "") -> dict:
+    """mu, sigma (and feats for KID) of a statistics file; suffix "_dinov2" reads FD_DINOv2's (refs import)."""
     with np.load(path) as stats:
-        mu, sigma = stats["mu"], stats["sigma"]
-        feats = stats["feats"] if "feats" in stats.files else None
+        mu, sigma = stats["mu" + suffix], stats["sigma" + suffix]
+        feats = stats["feats" + suffix] if "feats" + suffix in stats.files else None
     return {"mu": mu, "sigma": sigma, "feats": feats, "count": None, "real_vs_real_half_fid": None,
             "source": str(path), "hash": _statistics_hash(mu, sigma)}
 
 
-def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=None) -> dict:
-    """mu, sigma (and features for KID) of the real data in the extractor's space, plus the real-vs-real floor (FID
-    of one half against the other): from the named statistics file, or computed from the data set, streamed in
-    chunks and cached per data set and extractor. Built in a private folder and renamed into place, so two jobs
-    that start at once cannot mix their files."""
+def _reference_file(recipe: Recipe, data, suffix: str) -> Path | None:
+    """The statistics file the recipe names, if it holds statistics for this metric."""
     ref = recipe.evaluation.reference
-    if ref is not None:
-        return _load_reference_file(Path(ref) if ref.endswith(".npz") else
-                                    cleanfid_reference_file(ref, data.shape[-1]))
+    if ref is None:
+        return None
+    path = Path(ref) if ref.endswith(".npz") else cleanfid_reference_file(ref, data.shape[-1])
+    if suffix:
+        with np.load(path) as stats:
+            return path if "mu" + suffix in stats.files else None
+    return path
+
+
+def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=None, suffix: str = "") -> dict:
+    """mu, sigma (and features for KID) of the real data in the extractor's space, plus the real-vs-real floor (FID
+    of one half against the other): from the named statistics file (suffix "_dinov2": its FD_DINOv2 statistics),
+    or computed from the data set, streamed in chunks and cached per data set and extractor. Built in a private
+    folder and renamed into place, so two jobs that start at once cannot mix their files."""
+    named = _reference_file(recipe, data, suffix)
+    if named is not None:
+        return _load_reference_file(named, suffix)
     key = config_hash(recipe.data.model_dump(), extractor.name)
     ref_dir = Path(runs_root) / "_reference" / f"{recipe.data.name}-{key}"
     if not _reference_ready(ref_dir):
@@ -161,7 +173,7 @@ def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=N
 def evaluation_key(recipe: Recipe) -> str:
     """Names the evaluation settings; metrics made under other settings are stale."""
     # shards and ranks change how the work is split, never a sample (per-sample seeds)
-    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks"}), recipe.seed)
+    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks", "array_tasks"}), recipe.seed)
 
 
 def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]:
@@ -191,11 +203,18 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     store.write_bytes_atomic(path, buffer.getvalue())
 
 
-def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, extractor, vae, ranks=None,
-                   classifier=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features (and predicted classes, for the digits) of every sample of a setting, shard by shard: a finished
-    shard's files are kept and skipped, so evaluation resumes; rank r of a data-parallel job takes shards r, r + W,
-    ...; rank 0 then waits for every shard and returns them in seed order (other ranks return empty arrays)."""
+def _shard_file(folder: Path, prefix: str, start: int, end: int) -> Path:
+    return folder / f"{prefix}-{start:07d}-{end:07d}.npy"
+
+
+def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, extractors: dict, vae, ranks=None,
+                   classifier=None, part: tuple[int, int] = (0, 1)) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Features in each extractor's space ({file prefix: Extractor}; "features" is FID's) and predicted classes
+    (for the digits) of every sample of a setting, shard by shard. A finished shard's files are kept and skipped,
+    so evaluation resumes. The shards are dealt out over `part` = (task, tasks) of a generation array and, inside
+    each, over the data-parallel ranks; an evaluation job (one part) fills in whatever is still missing, so it
+    never depends on the array having finished. Rank 0 of the evaluation gathers every shard in seed order; other
+    callers return nothing."""
     from .distributed import Ranks
     from .features import stream_features
     from .generate import generate, shard_ranges
@@ -204,51 +223,65 @@ def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, ext
     ev = recipe.evaluation
     count = len(labels) if labels is not None else ev.samples_per_class
     shards = shard_ranges(count, ev.shard_size)
-    for start, end in shards[ranks.rank::ranks.world_size]:
-        path = folder / f"features-{start:07d}-{end:07d}.npy"
-        if path.is_file():
+    task, tasks = part
+    for start, end in shards[task * ranks.world_size + ranks.rank::tasks * ranks.world_size]:
+        if all(_shard_file(folder, prefix, start, end).is_file() for prefix in extractors):
             continue
         images = generate(net, setting, range(start, end), labels, data.shape, recipe.seed, recipe.sigma_data,
                           ev.batch_size)
         pixels = pixels_of(images, recipe, vae)
         if classifier is not None:
-            _save_array(folder / f"classes-{start:07d}-{end:07d}.npy", classify(pixels, classifier))
-        _save_array(path, stream_features(pixels, extractor, ev.batch_size))
-    if not ranks.is_main:
-        return np.zeros((0,)), None
-    paths = [folder / f"features-{a:07d}-{b:07d}.npy" for a, b in shards]
+            _save_array(_shard_file(folder, "classes", start, end), classify(pixels, classifier))
+        for prefix, extractor in extractors.items():
+            _save_array(_shard_file(folder, prefix, start, end), stream_features(pixels, extractor, ev.batch_size))
+    if not ranks.is_main or tasks > 1:
+        return {}, None
+    paths = [_shard_file(folder, prefix, a, b) for prefix in extractors for a, b in shards]
     while not all(p.is_file() for p in paths):  # the other ranks' shards
         time.sleep(1.0)
-    feats = np.concatenate([np.load(p) for p in paths])
-    classes = (np.concatenate([np.load(folder / f"classes-{a:07d}-{b:07d}.npy") for a, b in shards])
+    feats = {prefix: np.concatenate([np.load(_shard_file(folder, prefix, a, b)) for a, b in shards])
+             for prefix in extractors}
+    classes = (np.concatenate([np.load(_shard_file(folder, "classes", a, b)) for a, b in shards])
                if classifier is not None else None)
     return feats, classes
 
 
-def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae=None,
-                      ranks=None) -> list[dict] | None:
-    """Features of every sample -> FID, KID (and class accuracy); a grid of fixed samples. Long rows."""
-    from .generate import Setting, generate
+def _setting(net, setting: tuple[str, int, float]):
+    """The Setting to sample with: the guidance scale goes to a student that takes it, or to the teacher's CFG."""
+    from .generate import Setting
 
     sampler, steps, guidance = setting
     told = sampler == "consistency" and getattr(net, "takes_guidance", False)
-    setting = Setting(sampler, steps, guidance if (told or sampler != "consistency") else 1.0, told)
+    return Setting(sampler, steps, guidance if (told or sampler != "consistency") else 1.0, told)
+
+
+def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractors, classifier, refs, vae=None,
+                      ranks=None) -> list[dict] | None:
+    """Features of every sample -> FID, KID, FD_DINOv2 where asked (and class accuracy); a grid of fixed
+    samples. Long rows."""
+    from .generate import generate
+
+    setting = _setting(net, setting)
     folder = run_dir / "samples" / setting.name
     start = time.time()
-    feats, classes = shard_features(net, recipe, data, labels, setting, folder, extractor, vae, ranks, classifier)
+    feats, classes = shard_features(net, recipe, data, labels, setting, folder, extractors, vae, ranks, classifier)
     if ranks is not None and not ranks.is_main:
         return None
     sample_seconds = time.time() - start
-    mu, sigma = feature_statistics(feats)
-    indices, rows, cols = _grid_indices(recipe.evaluation.samples_per_class, data.num_classes, len(feats))
+    count = len(feats["features"])
+    indices, rows, cols = _grid_indices(recipe.evaluation.samples_per_class, data.num_classes, count)
     grid = run_dir / "samples" / f"grid-{setting.name}.png"
     write_grid(pixels_of(generate(net, setting, indices, labels, data.shape, recipe.seed, recipe.sigma_data),
                          recipe, vae), grid, rows, cols)
-    common = {"sampler": sampler, "nfe": setting.nfe(labels is not None), "guidance": setting.guidance,
-              "num_samples": len(feats), "sample_seconds": sample_seconds, "grid": str(grid.resolve())}
-    metrics = {"fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
+    common = {"sampler": setting.sampler, "nfe": setting.nfe(labels is not None), "guidance": setting.guidance,
+              "num_samples": count, "sample_seconds": sample_seconds, "grid": str(grid.resolve())}
+    ref = refs["features"]
+    metrics = {"fid": frechet_distance(*feature_statistics(feats["features"]), ref["mu"], ref["sigma"])}
     if ref.get("feats") is not None:
-        metrics["kid"] = kernel_distance(feats, ref["feats"])
+        metrics["kid"] = kernel_distance(feats["features"], ref["feats"])
+    if "dinov2" in feats:
+        metrics["fd_dinov2"] = frechet_distance(*feature_statistics(feats["dinov2"]), refs["dinov2"]["mu"],
+                                                refs["dinov2"]["sigma"])
     if classes is not None:
         metrics["class_accuracy"] = float((classes == labels.numpy()).mean())
     return [{**common, "metric": name, "value": value} for name, value in metrics.items()]
@@ -279,8 +312,8 @@ def finished_rows(job: dict, checkpoint: str) -> list[dict] | None:
     return cached["rows"] if cached and cached.get("key") == _metrics_key(job, checkpoint) else None
 
 
-def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, ref: dict, extractor, net) -> dict:
-    """What every metrics row of this job records besides its setting, metric and value."""
+def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, net) -> dict:
+    """What every metrics row of this job records besides its setting, metric, value and reference."""
     method, stage = job["method"], recipe.stage(job["method"])
     ema = (f"power sigma_rel={stage.ema.sigma_rel}" if stage.ema.kind == "power"
            else f"halflife {stage.ema.halflife_images:g} images")
@@ -288,11 +321,58 @@ def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, ref: d
             "teacher_job": job.get("teacher", Path(job["run_dir"]).name), "method": method,
             "size": recipe.network.size, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
             "seed": recipe.seed, "ema": ema, "checkpoint_step": int(state["step"]),
-            "checkpoint": Path(checkpoint).name, "reference": ref["source"], "reference_hash": ref["hash"],
-            "reference_count": ref["count"], "real_vs_real_half_fid": ref["real_vs_real_half_fid"],
-            "features": extractor.name, "code_version": code_version(),
+            "checkpoint": Path(checkpoint).name, "code_version": code_version(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_seconds": state["elapsed"],
             "diverged": False}
+
+
+def _reference_context(ref: dict, extractor) -> dict:
+    return {"reference": ref["source"], "reference_hash": ref["hash"], "reference_count": ref["count"],
+            "real_vs_real_half_fid": ref["real_vs_real_half_fid"], "features": extractor.name}
+
+
+def _extractors(recipe: Recipe, device) -> dict:
+    """{shard file prefix: Extractor}: FID's features, and DINOv2's where FD_DINOv2 is asked for."""
+    from .features import build_dinov2_extractor, build_extractor
+
+    ev = recipe.evaluation
+    extractors = {"features": build_extractor(ev.features, ev.fid_mode, device)}
+    if ev.fd_dinov2:
+        extractors["dinov2"] = build_dinov2_extractor(ev.dinov2_repo, device)
+    return extractors
+
+
+def _evaluation_inputs(job: dict):
+    """Data, network and labels of the job's final checkpoint, as every generating task needs them."""
+    import torch
+    from .data import load_data
+    from .train import load_ema_network
+
+    recipe, checkpoint = Recipe.model_validate(job["recipe"]), job["checkpoint"]
+    data = load_data(recipe.data)
+    state = store.load_checkpoint(Path(checkpoint))
+    net = load_ema_network(recipe, Path(checkpoint), data.shape, data.num_classes, state, job["method"])
+    labels = (torch.arange(data.num_classes).repeat_interleave(recipe.evaluation.samples_per_class)
+              if data.num_classes else None)
+    return recipe, data, state, net, labels
+
+
+def generate_part(job: dict, part: tuple[int, int]) -> list:
+    """One task of a generation array: this part's shards of every setting, features saved; no metrics."""
+    import torch
+    from .classifier import load_digits_classifier
+    from .distributed import init_ranks
+    from .train import device
+
+    torch.set_num_threads(job["threads"])
+    recipe, data, _, net, labels = _evaluation_inputs(job)
+    classifier = load_digits_classifier() if recipe.data.name == "digits" and data.num_classes else None
+    extractors, vae, ranks = _extractors(recipe, device()), latent_decoder(recipe), init_ranks()
+    for setting in sample_settings(recipe, job["method"]):
+        setting = _setting(net, setting)
+        shard_features(net, recipe, data, labels, setting, Path(job["run_dir"]) / "samples" / setting.name,
+                       extractors, vae, ranks, classifier, part)
+    return []
 
 
 def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
@@ -300,13 +380,11 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     In a multi-task job every rank generates its shards; rank 0 computes the metrics and writes the rows."""
     import torch
     from .classifier import load_digits_classifier
-    from .data import load_data
     from .distributed import init_ranks
-    from .features import build_extractor
-    from .train import device, load_ema_network
+    from .train import device
 
     torch.set_num_threads(job["threads"])
-    recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
+    method, run_dir = job["method"], Path(job["run_dir"])
     cached = finished_rows(job, checkpoint)
     if cached is not None:
         return cached
@@ -314,23 +392,22 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     if ranks.is_main:
         store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}),
                                                      "state": "evaluating"})
-    data = load_data(recipe.data)
-    extractor = build_extractor(recipe.evaluation.features, recipe.evaluation.fid_mode, device())
+    recipe, data, state, net, labels = _evaluation_inputs({**job, "checkpoint": checkpoint})
+    extractors, vae = _extractors(recipe, device()), latent_decoder(recipe)
     classifier = load_digits_classifier() if recipe.data.name == "digits" and data.num_classes else None
-    vae = latent_decoder(recipe)
-    ref = reference_statistics(recipe, data, Path(job["runs_root"]), extractor, vae) if ranks.is_main else None
-    state = store.load_checkpoint(Path(checkpoint))
-    net = load_ema_network(recipe, Path(checkpoint), data.shape, data.num_classes, state, method)
-    labels = (torch.arange(data.num_classes).repeat_interleave(recipe.evaluation.samples_per_class)
-              if data.num_classes else None)
+    refs = {prefix: reference_statistics(recipe, data, Path(job["runs_root"]), extractor, vae,
+                                         "" if prefix == "features" else "_dinov2")
+            for prefix, extractor in extractors.items()} if ranks.is_main else None
     rows = []
     for setting in sample_settings(recipe, method):
-        rows += _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractor, classifier, ref, vae,
+        rows += _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractors, classifier, refs, vae,
                                   ranks) or []
     if not ranks.is_main:
         return []
-    context = _row_context(recipe, job, state, checkpoint, ref, extractor, net)
-    rows = [{**context, **row} for row in rows]
+    context = _row_context(recipe, job, state, checkpoint, net)
+    references = {prefix: _reference_context(refs[prefix], extractors[prefix]) for prefix in extractors}
+    rows = [{**context, **references["dinov2" if row["metric"] == "fd_dinov2" else "features"], **row}
+            for row in rows]
     if method == "scd" and not recipe.network.guidance_input:  # it samples at the CFG scale it was distilled at
         rows = [{**row, "guidance": recipe.stages.scd.guidance} for row in rows]
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, checkpoint), "rows": rows})
@@ -349,8 +426,10 @@ def run_job(job: dict):
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     kind = job.get("kind", "train")
-    if kind not in ("train", "evaluate"):
-        raise ValueError(f"unknown job kind {kind!r}; expected train or evaluate")
+    if kind not in ("train", "generate", "evaluate"):
+        raise ValueError(f"unknown job kind {kind!r}; expected train, generate or evaluate")
+    if kind == "generate":  # a share of the shards; several tasks write different files, so no lock
+        return generate_part({**job, "checkpoint": str(_final_checkpoint(job, run_dir))}, tuple(job["part"]))
     if job_task()[0] > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
         return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
     with open(run_dir / ".lock", "w") as lock:
@@ -361,8 +440,12 @@ def run_job(job: dict):
         return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
 
 
-def _evaluate_final(job: dict, run_dir: Path) -> list[dict]:
+def _final_checkpoint(job: dict, run_dir: Path) -> Path:
     final = store.checkpoint_path(run_dir, job["recipe"]["stages"][job["method"]]["steps"])
     if not final.is_file():
         raise FileNotFoundError(f"{run_dir.name}: no final checkpoint {final.name} to evaluate; train it first")
-    return evaluate_stage(job, str(final))
+    return final
+
+
+def _evaluate_final(job: dict, run_dir: Path) -> list[dict]:
+    return evaluate_stage(job, str(_final_checkpoint(job, run_dir)))

@@ -3,7 +3,7 @@ images streamed from uint8 arrays through clean-fid's own resize and tensor step
 the features equal those of the same images saved as PNGs (PNG is lossless).
 
 Offline first: Inception's weights live at clean-fid's fixed path; `check_inception` fails at once, before any job
-is submitted, with the file name and where to get it.
+is submitted, with the file name and where to get it. DINOv2 (FD_DINOv2, optional) likewise, see dinov2.py.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,17 @@ def build_extractor(features: str, mode: str = "legacy_tensorflow", device=None)
 
     model = build_feature_extractor(mode, device, use_dataparallel=False)
     return Extractor(f"inception-{mode}", model, build_resizer(mode), device)
+
+
+def build_dinov2_extractor(repo: str | None = None, device=None) -> Extractor:
+    """DINOv2 ViT-L/14 for FD_DINOv2 (local hub files only); it resizes inside, so images go in as they are."""
+    from .dinov2 import load_dinov2
+
+    return Extractor("dinov2-vitl14", load_dinov2(repo, device), _unchanged, device)
+
+
+def _unchanged(img: np.ndarray) -> np.ndarray:
+    return img
 
 
 def resize_for_classifier(img: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Turn a recipe into jobs and run them through submitit (Slurm, local processes, or in-process for debugging).
 
-Stages: teacher training -> (teacher evaluation, sCT / sCD training from the teacher's EMA) -> student evaluation.
+Stages: teacher training -> (teacher evaluation, sCT / sCD training from the teacher's EMA) -> student evaluation;
+with evaluation.array_tasks > 1, an array of generation tasks runs before each evaluation and shares its shards.
 A sweep multiplies the jobs; jobs of one stage with the same resources go out as one array, and on Slurm each
 array waits for the arrays it needs through `afterok` dependencies. Each job's folder name carries a hash of
 everything it depends on, so re-running a recipe skips finished jobs and resumes interrupted ones.
@@ -16,7 +17,8 @@ from .recipe import Recipe, RecipeError, ResourcesConfig, config_hash
 from .sweep import STUDENTS, expand_sweep
 
 # (what the job does, whose job): the order stages are submitted in; each waits only for what it needs
-STAGES = (("train", "teacher"), ("evaluate", "teacher"), ("train", "student"), ("evaluate", "student"))
+STAGES = (("train", "teacher"), ("generate", "teacher"), ("evaluate", "teacher"),
+          ("train", "student"), ("generate", "student"), ("evaluate", "student"))
 
 
 def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
@@ -101,7 +103,7 @@ def _record(job: dict, kind: str, handle, executor: str) -> None:
     """submitted.json: per kind of work, where it runs and its logs (read by `scm-bench status` and `cancel`)."""
     path = Path(job["run_dir"]) / "submitted.json"
     record = store.read_json(path, {})
-    record[kind] = {"executor": executor, "job_id": str(handle.job_id), "stdout": str(handle.paths.stdout),
+    record[kind + (f"-{job['part'][0]}" if "part" in job else "")] = {"executor": executor, "job_id": str(handle.job_id), "stdout": str(handle.paths.stdout),
                     "stderr": str(handle.paths.stderr)}
     store.write_json(path, record)
 
@@ -113,7 +115,7 @@ def _submit_array(jobs: list[dict], kind: str, executor: str, resources: Resourc
     specs = []
     for job in jobs:
         Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
-        store.write_json(Path(job["run_dir"]) / "job.json", job)
+        store.write_json(Path(job["run_dir"]) / "job.json", {k: v for k, v in job.items() if k != "part"})
         specs.append({**job, "kind": kind})
     if len(specs) == 1:
         handles = [ex.submit(StageJob(), specs[0])]
@@ -129,6 +131,11 @@ def _submit(job: dict, executor: str, resources: ResourcesConfig | None = None, 
     """One job on its own (tests and tools); logs in the job's folder."""
     job.setdefault("threads", (resources or ResourcesConfig()).cpus_per_task)
     return _submit_array([job], kind, executor, resources or ResourcesConfig(), [], Path(job["run_dir"]) / "logs")[0]
+
+
+def _key(kind: str, job: dict) -> tuple:
+    """Names one submitted piece of work: a generation task is one part of its job's array."""
+    return kind, job["id"], job.get("part", [0])[0]
 
 
 def _result(handle):
@@ -147,7 +154,7 @@ def job_error(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tuple[str, str], object]:
+def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tuple, object]:
     """Poll the jobs' progress files into the progress bars until all end; raise on the first failure.
 
     Ctrl-C cancels the jobs (local jobs would otherwise outlive the command); a re-run resumes them.
@@ -163,9 +170,10 @@ def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tupl
             for current in submitted:
                 kind, job, handle = current
                 progress_view.update(job_label(job), store.read_json(Path(job["run_dir"]) / "progress.json", {}))
-                if (kind, job["id"]) not in results and handle.done():
-                    results[kind, job["id"]] = _result(handle)
-            time.sleep(0.5)
+                if _key(kind, job) not in results and handle.done():
+                    results[_key(kind, job)] = _result(handle)
+            if len(results) < len(submitted):
+                time.sleep(0.5)
     except KeyboardInterrupt:
         cancel_all()
         raise
@@ -194,6 +202,10 @@ def preflight(recipe: Recipe) -> None:
 
     if recipe.evaluation.features == "inception":
         check_inception()
+    if recipe.evaluation.fd_dinov2:
+        from .dinov2 import check_dinov2
+
+        check_dinov2(recipe.evaluation.dinov2_repo)
     check_reference(recipe, data.shape)
     if data.num_classes == 0 and recipe.evaluation.guidance != 1.0:
         raise ValueError("evaluation.guidance > 1 needs class labels; give data.labels or set guidance: 1.0")
@@ -208,7 +220,7 @@ def _pending(kind: str, jobs: list[dict], rows: dict) -> list[dict]:
         final = store.checkpoint_path(Path(job["run_dir"]), job["recipe"]["stages"][job["method"]]["steps"])
         if kind == "train" and final.is_file():
             continue
-        if kind == "evaluate" and final.is_file():
+        if kind in ("generate", "evaluate") and final.is_file():
             cached = finished_rows(job, str(final))
             if cached is not None:
                 rows[job["id"]] = cached
@@ -228,21 +240,26 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
     rows, handles, submitted = {}, {}, []
     for kind, role in STAGES:
         group = [job for job in jobs if (job["method"] == "teacher") == (role == "teacher")]
-        pending = _pending(kind, group, rows)
+        pending = _pending(kind, group, rows if kind == "evaluate" else {})
+        if kind == "generate":
+            pending = [{**job, "part": [p, tasks]} for job in pending
+                       for tasks in [job["recipe"]["evaluation"]["array_tasks"]] if tasks > 1 for p in range(tasks)]
         by_resources = {}
         for job in pending:
-            resources = (evaluation_resources(job) if kind == "evaluate"
+            resources = (evaluation_resources(job) if kind != "train"
                          else ResourcesConfig.model_validate(job["resources"]))
             job["threads"] = resources.cpus_per_task if on_slurm else max(1, cores // (len(pending) * resources.tasks))
             by_resources.setdefault(resources.model_dump_json(), (resources, []))[1].append(job)
         this_stage = []
         for resources, members in by_resources.values():
-            needs = {("train", job["id"]) for job in members} if kind == "evaluate" else \
-                {("train", job["teacher"]) for job in members if "teacher" in job}
-            after = sorted({str(handles[need].job_id) for need in needs if need in handles})
+            needs = ({("train", job["id"]) for job in members} if kind != "train" else
+                     {("train", job["teacher"]) for job in members if "teacher" in job})
+            if kind == "evaluate":
+                needs |= {("generate", job["id"]) for job in members}
+            after = sorted({str(handle.job_id) for need in needs for handle in handles.get(need, [])})
             folder = Path(runs_root) / recipe.name / "logs"
             for job, handle in zip(members, _submit_array(members, kind, executor, resources, after, folder)):
-                handles[kind, job["id"]] = handle
+                handles.setdefault((kind, job["id"]), []).append(handle)
                 this_stage.append((kind, job, handle))
         submitted += this_stage
         if not on_slurm and this_stage:  # no scheduler here: finish this stage before the next starts
@@ -250,8 +267,8 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
     if not wait:
         return []
     results = _wait(submitted, progress_view) if on_slurm else {
-        (kind, job["id"]): _result(handle) for kind, job, handle in submitted}
-    for (kind, job_id), result in results.items():
+        _key(kind, job): _result(handle) for kind, job, handle in submitted}
+    for (kind, job_id, _), result in results.items():
         if kind == "evaluate":
             rows[job_id] = result
     return [row for job in jobs if job["id"] in rows for row in rows[job["id"]]]

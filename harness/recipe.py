@@ -180,8 +180,11 @@ class EvaluationConfig(Strict):
     # reference statistics: unset = computed from the data set; an .npz with mu, sigma (and feats for KID); or a
     # clean-fid name NAME-SPLIT-MODE such as cifar10-train-legacy_tensorflow
     reference: str | None = None
+    fd_dinov2: bool = False  # FD_DINOv2 beside FID (EDM2's second metric); needs DINOv2 in the local torch hub
+    dinov2_repo: str | None = None  # a local clone of facebookresearch/dinov2 (default: torch hub's cached copy)
     shard_size: int = Field(1000, gt=0)  # samples per shard: the unit of resuming and of splitting over ranks
     ranks: int = Field(1, gt=0)  # data-parallel generation tasks in an evaluation job (one GPU each)
+    array_tasks: int = Field(1, gt=0)  # > 1: generation also split over a job array that runs before the metrics
 
     @field_validator("student_guidance")
     @classmethod

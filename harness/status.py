@@ -22,8 +22,8 @@ def job_rows(runs_root: Path, recipe_name: str) -> list[dict]:
                      "total": progress.get("total"), "loss": progress.get("loss"),
                      "variant": store.read_json(run_dir / "job.json", {}).get("variant", ""),
                      "executor": latest.get("executor", "?"),
-                     "job_id": " ".join(submitted[k]["job_id"] for k in ("train", "evaluate") if k in submitted),
-                     "submissions": [submitted[k] for k in ("train", "evaluate") if k in submitted],
+                     "job_id": " ".join(s["job_id"] for s in submitted.values()),
+                     "submissions": list(submitted.values()),
                      "log": latest.get("stderr", str(run_dir / "logs"))})
     return rows
 

@@ -44,10 +44,12 @@ def test_a_sample_is_the_same_however_the_work_is_split(setup, setting):
     assert not torch.allclose(other_seed, whole[:2])
 
 
-def _features(setup, folder, shard_size, ranks=None):
+def _features(setup, folder, shard_size, ranks=None, part=(0, 1)):
     recipe, net, labels, data, extractor = setup
     recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"shard_size": shard_size})})
-    return shard_features(net, recipe, data, labels, Setting("consistency", 2), folder, extractor, None, ranks)[0]
+    feats = shard_features(net, recipe, data, labels, Setting("consistency", 2), folder, {"features": extractor},
+                           None, ranks, part=part)[0]
+    return feats.get("features", np.zeros((0,)))
 
 
 def test_shards_and_ranks_give_the_same_features_and_resume(setup, tmp_path):
@@ -67,6 +69,29 @@ def test_shards_and_ranks_give_the_same_features_and_resume(setup, tmp_path):
     np.testing.assert_array_equal(_features(setup, tmp_path / "sharded", 7), sharded)
     assert lost.is_file()
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p != lost)
+
+
+def test_an_array_of_generation_tasks_and_ranks_split_the_shards_and_the_evaluation_reuses_them(setup, tmp_path):
+    """Parts of a generation array (x ranks inside each) write disjoint shards; the evaluation then generates
+    nothing and gathers features bitwise equal to generating everything in one process."""
+    alone = _features(setup, tmp_path / "alone", 4)
+    folder = tmp_path / "array"
+    written = {}
+    for task in range(2):
+        for rank in range(2):
+            assert _features(setup, folder, 4, Ranks(rank, 2, rank), part=(task, 2)).size == 0
+            files = {p.name for p in folder.glob("features-*.npy")} - set().union(*written.values())
+            written[task, rank] = files
+    # 8 shards of 4 (30 samples) dealt over 2 tasks x 2 ranks: shard k goes to task (k // 2) % 2, rank k % 2
+    assert written[1, 0] == {"features-0000008-0000012.npy", "features-0000024-0000028.npy"}
+    assert sum(len(f) for f in written.values()) == 8
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*.npy")}
+    np.testing.assert_array_equal(_features(setup, folder, 4), alone)
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("*.npy")} == stamps  # nothing generated again
+    # a task that never ran: the evaluation makes its shards itself
+    for name in written[1, 1]:
+        (folder / name).unlink()
+    np.testing.assert_array_equal(_features(setup, folder, 4), alone)
 
 
 def _write_pngs(pixels: np.ndarray, folder) -> None:

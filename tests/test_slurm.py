@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slurm
 
@@ -111,7 +112,8 @@ def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
 
 def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_path):
     """A seed sweep: the two teachers are one array, the four students another that waits (afterok) for the
-    teachers' tasks, each evaluation array waits for its training array; every variant's rows come back."""
+    teachers' tasks; generation for each evaluation is split over 2 array tasks per job, and each evaluation array
+    waits for its training and its generation tasks; every variant's rows come back."""
     from test_harness import tiny_recipe
 
     from harness import store
@@ -122,8 +124,12 @@ def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_pat
         def update(self, name, info):
             pass
 
-    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm", sweep={"seed": [0, 1]},
-                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
+    path = tiny_recipe(tmp_path, executor="slurm", sweep={"seed": [0, 1]},
+                       resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10})
+    raw = yaml.safe_load(path.read_text())
+    raw["evaluation"].update(array_tasks=2, shard_size=20)
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(path)
     rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
     assert sorted({r["variant"] for r in rows}) == ["seed=0", "seed=1"] and len([r for r in rows if r["metric"] == "fid"]) == 10
     submitted = {d.name: store.read_json(d / "submitted.json") for d in (tmp_path / "runs" / "tiny").glob("*-*")}
@@ -138,6 +144,15 @@ def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_pat
     student_script = next(text for name, text in scripts.items() if name.startswith(student_array))
     teacher_tasks = sorted(s["train"]["job_id"] for n, s in submitted.items() if n.startswith("teacher"))
     assert f"--dependency=afterok:{':'.join(teacher_tasks)}" in student_script
+    for name, s in submitted.items():  # generation: 2 tasks of one array per stage, each after the job's training
+        assert {"generate-0", "generate-1"} <= set(s)
+        generate_script = next(text for n, text in scripts.items() if n.startswith(array_of[name]["generate-0"]))
+        assert s["train"]["job_id"] in generate_script
+        evaluate_script = next(text for n, text in scripts.items() if n.startswith(array_of[name]["evaluate"]))
+        assert all(s[k]["job_id"] in evaluate_script for k in ("train", "generate-0", "generate-1"))
+    assert len({ids["generate-0"] for ids in array_of.values()}) == 2  # teachers' and students' generation arrays
+    sample_dir = next((tmp_path / "runs" / "tiny").glob("sct-*")) / "samples" / "consistency-1"
+    assert len(list(sample_dir.glob("features-*.npy"))) == 4  # 80 samples in shards of 20
 
 
 def test_a_two_task_job_trains_with_gloo_ddp_on_slurm(executor_factory, tmp_path):
