@@ -32,7 +32,8 @@ def _load(path: Path, overrides: list[str] = (), smoke: bool = False):
         expand_sweep(recipe)  # every variant must validate before anything runs
         return recipe
     except (RecipeError, ValueError) as error:
-        _fail(str(error).splitlines()[0])
+        message = str(error).splitlines()[0]
+        _fail(message if message.startswith(str(path)) else f"{path}: {message}")
 
 
 class ProgressView:
@@ -85,10 +86,16 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
             rows = run_recipe(spec, runs_dir, kind, ProgressView(progress), wait=wait or kind != "slurm")
     except (RuntimeError, OSError, ValueError) as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: jobs stopped (training saves its step); run the same command again to resume",
+                   err=True)
+        raise typer.Exit(130)
     flags = " --smoke" if smoke else ""
     if kind == "slurm" and not wait:
         console.print(f"submitted; follow with: scm-bench status {recipe}{flags}")
         return
+    for job, message in sorted({(r["job"], r.get("diverged_message", "")) for r in rows if r.get("diverged")}):
+        console.print(f"[bold yellow]diverged[/]: {job}: {message} (its rows are marked diverged in the report)")
     console.print(f"{len(rows)} metrics rows in {runs_dir / spec.name}; next: scm-bench report {recipe}{flags}")
 
 

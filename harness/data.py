@@ -53,7 +53,8 @@ def load_image_folder(path: str, labels: str | None = None) -> ImageData:
         raise FileNotFoundError(f"data folder {folder} not found; point data.path at a folder of PNG images")
     files = sorted(folder.glob("*.png"))
     if not files:
-        raise FileNotFoundError(f"no *.png images in {folder}; the folder data set reads PNG files only")
+        raise FileNotFoundError(f"no *.png images in {folder}; the folder data set reads PNG files only: put PNG "
+                                "images there or point data.path at a folder of PNGs")
     arrays = []
     for f in files:  # one file open at a time: folders larger than the open-file limit must load too
         with Image.open(f) as pic:

@@ -12,7 +12,9 @@ import numpy as np
 
 from . import store
 from .metrics import feature_statistics, fid_from_features, frechet_distance, kernel_distance
+from .generate import Setting
 from .recipe import Recipe, config_hash
+from .train import diverged_record
 
 KID_REFERENCE_FEATURES = 50_000  # reference features kept for KID (a seeded random subset of larger data sets)
 REFERENCE_CHUNK = 4096  # images per chunk when streaming the real data through the extractor
@@ -181,7 +183,7 @@ def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]
     (at each of evaluation.student_guidance for an sCD student that takes the scale as an input)."""
     ev = recipe.evaluation
     if method == "teacher":
-        return [(ev.teacher_sampler, ev.teacher_steps, ev.guidance)]
+        return [(ev.teacher_sampler, steps, ev.guidance) for steps in ev.teacher_step_list]
     scales = ev.student_guidance if recipe.network.guidance_input and method == "scd" else [1.0]
     return [("consistency", n, s) for n in ev.consistency_nfe for s in scales]
 
@@ -300,16 +302,47 @@ def code_version() -> str:
     return (head + ("+dirty" if dirty else "")) or "unknown"
 
 
-def _metrics_key(job: dict, checkpoint: str) -> dict:
+def _metrics_key(job: dict, checkpoint: str | None) -> dict:
+    """What the rows were made from: the checkpoint (its size and time) or, for a diverged job, its record."""
+    evaluation = evaluation_key(Recipe.model_validate(job["recipe"]))
+    if checkpoint is None:
+        return {"checkpoint": None, "evaluation": evaluation, "diverged": diverged_record(Path(job["run_dir"]))}
     stat = Path(checkpoint).stat()
-    return {"checkpoint": checkpoint, "evaluation": evaluation_key(Recipe.model_validate(job["recipe"])),
-            "stamp": [stat.st_size, stat.st_mtime_ns]}
+    return {"checkpoint": checkpoint, "evaluation": evaluation, "stamp": [stat.st_size, stat.st_mtime_ns]}
 
 
-def finished_rows(job: dict, checkpoint: str) -> list[dict] | None:
-    """The job's metrics rows if this checkpoint was evaluated under these settings already, else None."""
+def finished_rows(job: dict, checkpoint: str | None) -> list[dict] | None:
+    """The job's metrics rows if this checkpoint (None: the divergence) was evaluated under these settings
+    already, else None."""
     cached = store.read_json(Path(job["run_dir"]) / "metrics.json")
     return cached["rows"] if cached and cached.get("key") == _metrics_key(job, checkpoint) else None
+
+
+def diverged_rows(job: dict) -> list[dict]:
+    """A diverged job's rows: every setting and metric it would have had, value NaN, marked diverged with the step
+    and the term, so the report counts it and never shows a number for it."""
+    recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
+    cached = finished_rows(job, None)
+    if cached is not None:
+        return cached
+    record = diverged_record(run_dir)
+    ev = recipe.evaluation
+    metrics = ["fid", "kid"] + (["fd_dinov2"] if ev.fd_dinov2 else [])
+    context = {"recipe": recipe.name, "variant": job.get("variant", ""), "job": run_dir.name,
+               "teacher_job": job.get("teacher", run_dir.name), "method": method, "size": recipe.network.size,
+               "seed": recipe.seed, "checkpoint_step": record["step"], "features": ev.features,
+               "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
+               "diverged_message": record["message"]}
+    rows = []
+    for sampler, steps, guidance in sample_settings(recipe, method):
+        setting = Setting(sampler, steps, guidance if (sampler != "consistency" or recipe.network.guidance_input)
+                          else 1.0, sampler == "consistency" and recipe.network.guidance_input and method == "scd")
+        rows += [{**context, "sampler": sampler, "nfe": setting.nfe(recipe.data.class_conditional),
+                  "guidance": setting.guidance, "num_samples": 0, "metric": metric, "value": float("nan")}
+                 for metric in metrics]
+    store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, None), "rows": rows})
+    return rows
 
 
 def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, net) -> dict:
@@ -428,6 +461,8 @@ def run_job(job: dict):
     kind = job.get("kind", "train")
     if kind not in ("train", "generate", "evaluate"):
         raise ValueError(f"unknown job kind {kind!r}; expected train, generate or evaluate")
+    if diverged_record(run_dir) and kind != "train":  # nothing to sample: rows that say so
+        return [] if kind == "generate" else diverged_rows(job)
     if kind == "generate":  # a share of the shards; several tasks write different files, so no lock
         return generate_part({**job, "checkpoint": str(_final_checkpoint(job, run_dir))}, tuple(job["part"]))
     if job_task()[0] > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
@@ -442,8 +477,9 @@ def run_job(job: dict):
 
 def _final_checkpoint(job: dict, run_dir: Path) -> Path:
     final = store.checkpoint_path(run_dir, job["recipe"]["stages"][job["method"]]["steps"])
-    if not final.is_file():
-        raise FileNotFoundError(f"{run_dir.name}: no final checkpoint {final.name} to evaluate; train it first")
+    problem = store.checkpoint_problem(final)
+    if problem is not None:
+        raise FileNotFoundError(f"{run_dir.name}: final checkpoint {final.name} is {problem}; rerun to train it")
     return final
 
 

@@ -16,6 +16,8 @@ from . import store
 from .recipe import Recipe, RecipeError, ResourcesConfig, config_hash
 from .sweep import STUDENTS, expand_sweep
 
+STOP_WAIT_S = 30  # Ctrl-C: how long to wait for cancelled jobs to save and exit
+
 # (what the job does, whose job): the order stages are submitted in; each waits only for what it needs
 STAGES = (("train", "teacher"), ("generate", "teacher"), ("evaluate", "teacher"),
           ("train", "student"), ("generate", "student"), ("evaluate", "student"))
@@ -80,7 +82,9 @@ def _executor(kind: str, folder: Path, resources: ResourcesConfig | None = None,
                       slurm_constraint=r.constraint,
                       # one failed rank ends the job instead of leaving the others waiting in a collective
                       slurm_srun_args=["--kill-on-bad-exit=1"] if r.world_size > 1 else None,
-                      slurm_additional_parameters={"dependency": "afterok:" + ":".join(after)} if after else None)
+                      # a job whose dependency failed is cancelled instead of pending forever
+                      slurm_additional_parameters={"dependency": "afterok:" + ":".join(after),
+                                                   "kill-on-invalid-dep": "yes"} if after else None)
         executor.update_parameters(**{key: value for key, value in wanted.items() if value is not None})
         return executor
     executor = submitit.LocalExecutor(folder=str(folder))
@@ -99,13 +103,39 @@ class StageJob(submitit.helpers.Checkpointable):
         return run_job(job)
 
 
+def _record_key(kind: str, job: dict) -> str:
+    return kind + (f"-{job['part'][0]}" if "part" in job else "")
+
+
 def _record(job: dict, kind: str, handle, executor: str) -> None:
     """submitted.json: per kind of work, where it runs and its logs (read by `scm-bench status` and `cancel`)."""
     path = Path(job["run_dir"]) / "submitted.json"
     record = store.read_json(path, {})
-    record[kind + (f"-{job['part'][0]}" if "part" in job else "")] = {"executor": executor, "job_id": str(handle.job_id), "stdout": str(handle.paths.stdout),
-                    "stderr": str(handle.paths.stderr)}
+    record[_record_key(kind, job)] = {"executor": executor, "job_id": str(handle.job_id),
+                                      "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
     store.write_json(path, record)
+
+
+SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
+                "REQUEUE_HOLD", "REQUEUE_FED"}
+
+
+def _still_queued(job: dict, kind: str):
+    """The Slurm job already doing this work (a run submitted earlier, e.g. with --no-wait, still queued or
+    running), so a rerun follows it instead of submitting a duplicate; None when there is none."""
+    import subprocess
+
+    record = store.read_json(Path(job["run_dir"]) / "submitted.json", {}).get(_record_key(kind, job))
+    if not record or record.get("executor") != "slurm":
+        return None
+    try:
+        state = subprocess.run(["squeue", "-h", "-j", record["job_id"], "-o", "%T"], capture_output=True, text=True,
+                               timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not state or state[0] not in SLURM_ACTIVE:
+        return None
+    return submitit.SlurmJob(folder=Path(record["stdout"]).parent, job_id=record["job_id"])
 
 
 def _submit_array(jobs: list[dict], kind: str, executor: str, resources: ResourcesConfig, after: list[str],
@@ -165,6 +195,13 @@ def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tupl
         for _, _, handle in submitted:
             handle.cancel(check=False)
 
+    def stop_all():  # local jobs save a checkpoint at the end of their step; a rerun must not find them running
+        cancel_all()
+        local = [handle for _, _, handle in submitted if isinstance(handle, submitit.LocalJob)]
+        deadline = time.time() + STOP_WAIT_S
+        while time.time() < deadline and not all(handle.done() for handle in local):
+            time.sleep(0.2)
+
     try:
         while len(results) < len(submitted):
             for current in submitted:
@@ -175,7 +212,7 @@ def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tupl
             if len(results) < len(submitted):
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        cancel_all()
+        stop_all()
         raise
     except Exception as error:
         cancel_all()
@@ -187,8 +224,9 @@ def _wait(submitted: list[tuple[str, dict, object]], progress_view) -> dict[tupl
     return results
 
 
-def preflight(recipe: Recipe) -> None:
-    """Fail before anything is submitted when the data cannot feed the network (one-line errors)."""
+def preflight(recipe: Recipe, runs_root: Path | None = None) -> None:
+    """Fail before anything is submitted when the data cannot feed the network, a file the evaluation needs is
+    missing, or a job's folder holds checkpoints of another network (one-line errors)."""
     from .data import load_data
 
     data = load_data(recipe.data)
@@ -209,19 +247,30 @@ def preflight(recipe: Recipe) -> None:
     check_reference(recipe, data.shape)
     if data.num_classes == 0 and recipe.evaluation.guidance != 1.0:
         raise ValueError("evaluation.guidance > 1 needs class labels; give data.labels or set guidance: 1.0")
+    if runs_root is not None:
+        from .train import checkpoint_mismatch
+
+        for job in expand_jobs(recipe, runs_root):
+            problem = checkpoint_mismatch(Recipe.model_validate(job["recipe"]), job, data.shape, data.num_classes)
+            if problem:
+                raise ValueError(problem)
 
 
 def _pending(kind: str, jobs: list[dict], rows: dict) -> list[dict]:
-    """The jobs whose `kind` work is not done yet; finished evaluations put their rows in `rows`."""
+    """The jobs whose `kind` work is not done yet; finished evaluations put their rows in `rows`. A diverged job
+    is done training (a rerun would diverge again: resume is exact) and is evaluated as diverged."""
     from .evaluate import finished_rows
+    from .train import diverged_record
 
     pending = []
     for job in jobs:
         final = store.checkpoint_path(Path(job["run_dir"]), job["recipe"]["stages"][job["method"]]["steps"])
-        if kind == "train" and final.is_file():
+        diverged = diverged_record(Path(job["run_dir"])) is not None
+        trained = diverged or store.checkpoint_complete(final)
+        if kind in ("train", "generate") and (trained if kind == "train" else diverged):
             continue
-        if kind in ("generate", "evaluate") and final.is_file():
-            cached = finished_rows(job, str(final))
+        if kind == "evaluate" and trained:
+            cached = finished_rows(job, None if diverged else str(final))
             if cached is not None:
                 rows[job["id"]] = cached
                 continue
@@ -234,7 +283,8 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
 
     Local and debug executors run stage after stage on this machine (each a share of its cores); on Slurm every
     array is submitted at once and dependencies order them."""
-    preflight(recipe)
+    preflight(recipe, runs_root)
+    store.ensure_writable(Path(runs_root) / recipe.name)
     jobs = expand_jobs(recipe, runs_root)
     on_slurm, cores = executor == "slurm", os.cpu_count() or 1
     rows, handles, submitted = {}, {}, []
@@ -258,7 +308,12 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
                 needs |= {("generate", job["id"]) for job in members}
             after = sorted({str(handle.job_id) for need in needs for handle in handles.get(need, [])})
             folder = Path(runs_root) / recipe.name / "logs"
-            for job, handle in zip(members, _submit_array(members, kind, executor, resources, after, folder)):
+            queued = {_key(kind, job): _still_queued(job, kind) for job in members} if on_slurm else {}
+            fresh = [job for job in members if queued.get(_key(kind, job)) is None]
+            new = dict(zip((_key(kind, job) for job in fresh),
+                           _submit_array(fresh, kind, executor, resources, after, folder) if fresh else []))
+            for job in members:
+                handle = queued.get(_key(kind, job)) or new[_key(kind, job)]
                 handles.setdefault((kind, job["id"]), []).append(handle)
                 this_stage.append((kind, job, handle))
         submitted += this_stage

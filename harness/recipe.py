@@ -68,7 +68,8 @@ class NetworkConfig(Strict):
     @model_validator(mode="after")
     def _only_where_meaningful(self):
         if self.name != "unet-edm2" and (self.size or self.modulation != "double-norm"):
-            raise ValueError(f"network.size and network.modulation apply to unet-edm2, not {self.name}")
+            raise ValueError(f"network.size and network.modulation apply to unet-edm2, not {self.name}; remove them "
+                             "or set network.name: unet-edm2")
         return self
 
     @model_validator(mode="after")
@@ -148,6 +149,10 @@ class StageConfig(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     label_dropout: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(500, gt=0)
+    # a non-finite loss, tangent or gradient: end the job as diverged ("stop"), or skip that step ("skip") and end
+    # it as diverged only after more than max_skipped_steps skips
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_steps: int = Field(100, ge=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
     guidance: float | tuple[float, float] = 1.0  # sCD: the teacher's CFG scale, or a range [lo, hi] drawn per sample
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the losses (forward, JVP); fp16 scales grads
@@ -170,7 +175,8 @@ class EvaluationConfig(Strict):
     samples_per_class: int = Field(180, gt=0)
     consistency_nfe: list[int] = [1, 2]
     teacher_sampler: Literal["dpm-solver-2s", "euler"] = "dpm-solver-2s"
-    teacher_steps: int = Field(18, gt=1)  # DPM-Solver-2S: NFE = 2 steps - 1 (35 for 18, App. G.1)
+    # DPM-Solver-2S: NFE = 2 steps - 1 (35 for 18, App. G.1); a list gives one row per step count (FID vs NFE)
+    teacher_steps: int | list[int] = 18
     guidance: float = Field(1.0, ge=1.0)  # the teacher's CFG scale when sampling
     student_guidance: list[float] = Field([1.0], min_length=1)  # scales told to an sCD student with a guidance input
     batch_size: int = Field(512, gt=0)
@@ -192,6 +198,18 @@ class EvaluationConfig(Strict):
         if any(s < 1.0 for s in v):
             raise ValueError("student_guidance scales must be >= 1, e.g. [1.3, 1.5]")
         return v
+
+    @field_validator("teacher_steps")
+    @classmethod
+    def _teacher_steps(cls, v):
+        steps = v if isinstance(v, list) else [v]
+        if not steps or any(n < 2 for n in steps):
+            raise ValueError("teacher_steps must be >= 2 (or a list of such), e.g. 18 or [3, 6, 18]")
+        return v
+
+    @property
+    def teacher_step_list(self) -> list[int]:
+        return self.teacher_steps if isinstance(self.teacher_steps, list) else [self.teacher_steps]
 
     @field_validator("consistency_nfe")
     @classmethod
@@ -224,7 +242,7 @@ class Recipe(Strict):
     @classmethod
     def _safe_name(cls, v):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v) or ".." in v:
-            raise ValueError("name must be letters, digits, '_', '-', '.' (no path parts), e.g. digits")
+            raise ValueError(f"name {v!r} must be letters, digits, '_', '-', '.' (no path parts), e.g. digits")
         return v
 
     @model_validator(mode="after")
@@ -265,16 +283,84 @@ class Recipe(Strict):
         try:
             return ResourcesConfig.model_validate({**self.resources.model_dump(), **changes})
         except ValidationError as e:
-            raise ValueError(f"stages.{method}.resources: {_describe(e.errors()[0])}") from None
+            raise ValueError(f"stages.{method}.resources: {_first_error(e)}") from None
+
+
+def _field_names(model=None, seen=None) -> set[str]:
+    """Every field name of the recipe schema (for "did you mean")."""
+    model, seen = model or Recipe, seen if seen is not None else set()
+    names = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for sub in getattr(info.annotation, "__args__", None) or (info.annotation,):
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and sub not in seen:
+                seen.add(sub)
+                names |= _field_names(sub, seen)
+    return names
 
 
 def _describe(error: dict) -> str:
+    import difflib
+
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown field (check its spelling against the recipe schema in harness/recipe.py)"
+        close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_field_names()), n=1)
+        hint = f"did you mean {close[0]}?" if close else "check its spelling against recipes/digits.yaml"
+        return f"{where}: unknown field ({hint})"
     if error["type"] == "missing":
-        return f"{where}: required field is missing"
+        return f"{where}: required field is missing; add it (see recipes/digits.yaml for an example)"
+    if error["type"] in ("literal_error", "enum") and "input" in error:
+        return f"{where}: {error['input']!r} is not allowed; {error['msg'][0].lower()}{error['msg'][1:]}"
     return f"{where}: {error['msg']}"
+
+
+def _first_error(e: ValidationError) -> str:
+    """The most useful error first: a misspelt key explains the 'missing' error it causes."""
+    errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _describe(errors[0]) + more
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain values only, no tags that build objects) that also refuses a key given twice, which
+    plain YAML would let the last one win silently."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def parse_yaml(text: str, where: str):
+    """Safe YAML (as yaml.safe_load, plus no duplicate keys), with errors that give the line and a fix."""
+    loader = _RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        line = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        problem = e.problem or str(e).splitlines()[0]
+        if "!!python" in problem or "constructor for the tag" in problem:
+            fix = "tags such as !!python/... are refused; use plain numbers, strings, lists and mappings"
+        elif "\\t" in problem or "\t" in problem:
+            fix = "use spaces to indent, not tabs"
+        elif "twice" in problem:
+            fix = "remove the duplicate"
+        else:
+            fix = "check the syntax there (indent with spaces; quote values that contain ': ' or ' #')"
+        raise RecipeError(f"{where}: not valid YAML{line}: {problem}; {fix}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where}: not valid YAML ({str(e).splitlines()[0]}); check its syntax") from None
+    finally:
+        loader.dispose()
 
 
 def set_dotted(raw: dict, key: str, value, where: str) -> None:
@@ -286,12 +372,14 @@ def set_dotted(raw: dict, key: str, value, where: str) -> None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping")
+            raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping; set that key itself, "
+                              f"e.g. --set {'.'.join(parents[:depth + 1])}=VALUE")
     node[leaf] = value
 
 
 def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
     """`--set stages.teacher.steps=500`: dotted key, YAML value (so 1e-4, [1, 2] and true parse as such)."""
+    given = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -300,31 +388,60 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise RecipeError(f"{path}: --set {item!r}: the value is not valid YAML") from None
+            raise RecipeError(f"{path}: --set {item!r}: the value is not valid YAML; quote it, "
+                              f"e.g. --set '{key}=\"{text}\"'") from None
+        if key in given and given[key] != value:
+            raise RecipeError(f"{path}: --set {key} is given twice ({given[key]!r} and {value!r}); give it once")
+        clash = next((k for k in _swept_keys(raw.get("sweep")) if _overlaps(key, k)), None)
+        if clash is not None:
+            raise RecipeError(f"{path}: --set {key} conflicts with the recipe's sweep, which sets {clash} in every "
+                              f"variant; remove the --set, or change the sweep itself (--set sweep...)")
+        given[key] = value
         set_dotted(raw, key, value, f"{path}: --set {item!r}")
     return raw
+
+
+def _swept_keys(sweep) -> list[str]:
+    """The dotted keys a sweep sets: plain axes name their key, named axes the keys of their entries."""
+    if not isinstance(sweep, dict):
+        return []
+    keys = []
+    for axis, values in sweep.items():
+        entries = [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+        keys += sorted({k for entry in entries for k in entry if k != "label"}) if entries else [str(axis)]
+    return [k for k in keys if k != "method"]  # the method axis picks a student; its settings stay settable
+
+
+def _overlaps(key: str, swept: str) -> bool:
+    if key.startswith("sweep.") or key == "sweep":
+        return False
+    return key == swept or key.startswith(swept + ".") or swept.startswith(key + ".")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Parse and validate a recipe file (with `--set` overrides applied first); raise RecipeError with a
     one-line message on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory, not a recipe file; give a YAML file such as recipes/digits.yaml")
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; give a path such as recipes/digits.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file; give a YAML recipe such as recipes/digits.yaml") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raise RecipeError(f"{path}: the file is empty; a recipe is a YAML mapping of fields, e.g. recipes/digits.yaml")
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping of fields, got {type(raw).__name__}")
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of fields, got {type(raw).__name__}; "
+                          "see recipes/digits.yaml")
     raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, list(overrides), path)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        first = _describe(e.errors()[0])
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise RecipeError(f"{path}: {first}{more}") from None
+        raise RecipeError(f"{path}: {_first_error(e)}") from None
 
 
 def config_hash(*parts) -> str:

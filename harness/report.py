@@ -140,9 +140,10 @@ def _setting_label(frame: pd.DataFrame) -> pd.Series:
 
 
 def _with_teacher_ratio(frame: pd.DataFrame) -> pd.DataFrame:
-    """fid_ratio: each FID row over the FID of its own teacher (teacher_job of the same source)."""
+    """fid_ratio: each FID row over the FID of its own teacher (teacher_job of the same source), at the teacher's
+    largest NFE where it was sampled at several."""
     fid = frame.metric.eq("fid")
-    teachers = frame[fid & frame.method.eq("teacher")].dropna(subset=["value"])
+    teachers = frame[fid & frame.method.eq("teacher")].dropna(subset=["value"]).sort_values("nfe", ascending=False)
     teacher_fid = teachers.groupby(teachers.source + "/" + teachers.job).value.first()
     ratio = frame.value / (frame.source + "/" + frame.teacher_job.astype(str)).map(teacher_fid)
     return frame.assign(fid_ratio=ratio.where(fid))
@@ -285,6 +286,7 @@ def latex_table(shown: pd.DataFrame, caption: str) -> str:
 def _protocol(frame: pd.DataFrame, recipe_name: str, paper: pd.DataFrame) -> str:
     """How the numbers were made, read off our rows, and how to read the comparison columns."""
     ours = frame[frame.source == OURS] if (frame.source == OURS).any() else frame
+    ours = ours[~ours.diverged] if (~ours.diverged).any() else ours  # a diverged run made no samples
 
     def listed(values):
         values = sorted(set(pd.unique(values.astype(str))) - {"", "nan"})

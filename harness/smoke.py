@@ -9,7 +9,7 @@ emulated on a CPU and 2-3x slower here; tests/test_precision.py covers fp16 with
 """
 from pydantic import ValidationError
 
-from .recipe import PREPARED_DATASETS, Recipe, RecipeError, _describe
+from .recipe import PREPARED_DATASETS, Recipe, RecipeError, _first_error
 from .sweep import entry_label
 
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
@@ -81,4 +81,4 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(f"{recipe.name} --smoke: {_describe(e.errors()[0])}") from None
+        raise RecipeError(f"{recipe.name} --smoke: {_first_error(e)}") from None

@@ -18,6 +18,9 @@ def job_rows(runs_root: Path, recipe_name: str) -> list[dict]:
         submitted = store.read_json(run_dir / "submitted.json", {})
         latest = submitted.get("evaluate") or submitted.get("train") or {}
         state = "finished" if (run_dir / "metrics.json").is_file() else progress.get("state", "submitted")
+        diverged = store.read_json(run_dir / "diverged.json")
+        if diverged:
+            state = f"diverged at step {diverged['step']} ({diverged['term']})"
         rows.append({"job": run_dir.name, "state": state, "step": progress.get("step", 0),
                      "total": progress.get("total"), "loss": progress.get("loss"),
                      "variant": store.read_json(run_dir / "job.json", {}).get("variant", ""),
@@ -33,7 +36,7 @@ def cancel_jobs(runs_root: Path, recipe_name: str) -> list[str]:
     the jobs cancelled. Their checkpoints stay: a later `scm-bench run` resumes them."""
     cancelled = []
     for row in job_rows(runs_root, recipe_name):
-        if row["state"] == "finished":
+        if row["state"] == "finished" or row["state"].startswith("diverged"):
             continue
         hit = False
         for submission in row["submissions"]:

@@ -1,25 +1,65 @@
-"""Run directories and atomic writes: a file is either the old version or the complete new one, never half."""
+"""Run directories and atomic writes: a file is either the old version or the complete new one, never half.
+
+Checkpoints also carry a SHA-256 checksum beside them (`step-N.pt.sha256`, written before the checkpoint is renamed
+into place), so one damaged later (a truncated copy, a bad disk block) is found and passed over for an older one."""
+import errno
+import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+class DiskError(OSError):
+    """A write that failed for lack of space or permission: the message says which file and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _explain(error: OSError, path: Path) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {path}; free space there (or choose another --runs-dir) and rerun"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path} (permission denied or read-only); choose a writable --runs-dir and rerun"
+    return f"cannot write {path} ({error.strerror or error}); check the folder (or choose another --runs-dir) and rerun"
+
+
+def write_bytes_atomic(path: Path, data: bytes, before_rename=None) -> None:
+    """Write aside, fsync, rename into place; on any failure the old file stays and the partial one is removed.
+    A full disk or an unwritable folder raises DiskError naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
+    except OSError as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, DiskError):
+            raise
+        raise DiskError(error.errno, _explain(error, path)) from error
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_writable(folder: Path) -> None:
+    """Make the folder and prove a file can be written there, before any job is submitted (DiskError if not)."""
+    probe = Path(folder) / f".write-test-{os.getpid()}"
+    write_bytes_atomic(probe, b"ok\n")
+    probe.unlink()
 
 
 def write_json(path: Path, obj) -> None:
@@ -33,18 +73,71 @@ def read_json(path: Path, default=None):
         return default
 
 
+def _checksum_file(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic, with its checksum written first: a checkpoint in place always has the checksum of its bytes."""
     import torch
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    data = buffer.getvalue()
+    write_bytes_atomic(path, data, before_rename=lambda: write_bytes_atomic(
+        _checksum_file(path), (hashlib.sha256(data).hexdigest() + "\n").encode()))
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why this checkpoint cannot be trusted (missing, or its bytes differ from its checksum), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    checksum = _checksum_file(path)
+    if not checksum.is_file():
+        return None  # written before checksums were kept: loading it is the check
+    if checksum.read_text().strip() != _sha256(path):
+        return "its bytes do not match its checksum (truncated or corrupt)"
+    return None
+
+
+def checkpoint_complete(path: Path) -> bool:
+    return checkpoint_problem(path) is None
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Tensors and plain containers only (weights_only): a checkpoint from elsewhere cannot run code."""
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that is intact and loads, with its state; damaged ones are skipped with a warning
+    naming them (and kept, for a look)."""
+    for path in reversed(checkpoints(run_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            try:
+                return path, load_checkpoint(path)
+            except Exception as error:  # noqa: BLE001 - any unreadable file is passed over the same way
+                problem = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        print(f"warning: skipping checkpoint {path}: {problem}; using an earlier one", file=sys.stderr, flush=True)
+    return None
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Temporary files left by a process killed while writing (the real files were never touched)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import itertools
 
 from pydantic import ValidationError
 
-from .recipe import Recipe, RecipeError, _describe, set_dotted
+from .recipe import Recipe, RecipeError, _first_error, set_dotted
 
 STUDENTS = ("sct", "scd")
 
@@ -66,5 +66,5 @@ def expand_sweep(recipe: Recipe) -> list[Recipe]:
         try:
             variants.append(Recipe.model_validate({**raw, "variant": label}))
         except ValidationError as e:
-            raise RecipeError(f"{recipe.name}: sweep variant {label}: {_describe(e.errors()[0])}") from None
+            raise RecipeError(f"{recipe.name}: sweep variant {label}: {_first_error(e)}") from None
     return variants

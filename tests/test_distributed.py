@@ -40,8 +40,9 @@ def trained_teacher(tmp_path_factory):
 def _gradients(job: dict, ranks: Ranks) -> dict:
     method, stage, data, state, teacher, tangent = build_training(job)
     recipe = load_recipe_from(job)
-    diag = _accumulate_gradients(method, stage, recipe, state, data, teacher, tangent, ranks,
-                                 torch.autocast("cpu", enabled=False))
+    diag, nonfinite = _accumulate_gradients(method, stage, recipe, state, data, teacher, tangent, ranks,
+                                            torch.autocast("cpu", enabled=False))
+    assert nonfinite is None
     grads = {name: p.grad.clone() for name, p in state.net.named_parameters() if p.grad is not None}
     return {"grads": grads, "diag": diag}
 

@@ -257,3 +257,27 @@ def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_pa
     while _sacct_state(handle) not in ("CANCELLED", "FAILED") and time.time() < deadline:
         time.sleep(0.5)
     assert handle.state.startswith("CANCELLED")
+
+
+def test_a_rerun_follows_queued_jobs_instead_of_submitting_them_again(executor_factory, tmp_path):
+    """`run --no-wait`, then `run` again at once: the second run finds every job still queued or running in
+    Slurm, follows those (no second submission, which would fight the first over the run folder) and returns
+    the rows of the whole pipeline."""
+    from test_harness import tiny_recipe
+
+    from harness.launch import run_recipe
+    from harness.recipe import load_recipe
+
+    class Quiet:
+        def update(self, name, info):
+            pass
+
+    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm",
+                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
+    assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet(), wait=False) == []
+    logs = tmp_path / "runs" / "tiny" / "logs"
+    first = sorted(p.name for p in logs.glob("*_submission.sh"))
+    assert len(first) == 4  # one per stage: teacher training and evaluation, student training and evaluation
+    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
+    assert sorted(p.name for p in logs.glob("*_submission.sh")) == first  # nothing submitted twice
+    assert len([r for r in rows if r["metric"] == "fid"]) == 5

@@ -1,0 +1,334 @@
+"""Nothing lost: exact resume after SIGTERM or kill -9, atomic checkpoints with checksums, divergence caught and
+reported, a full disk, concurrent writers, and loading that cannot run code."""
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from harness import store
+from harness.launch import plan_jobs
+from harness.recipe import load_recipe
+from test_harness import ROOT, tiny_recipe
+
+RUN_JOB = "import json, sys; from harness.evaluate import run_job; run_job(json.load(open(sys.argv[1])))"
+
+
+def _jobs(tmp_path: Path, **stage_changes) -> dict:
+    """The tiny digits recipe's jobs (teacher 6 steps; sCT 120 steps, a checkpoint every 40)."""
+    path = tiny_recipe(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"]["sct"].update(steps=120, checkpoint_every=40, batch_size=16, **stage_changes)
+    raw["evaluation"].update(samples_per_class=4, consistency_nfe=[1])
+    path.write_text(yaml.safe_dump(raw))
+    jobs = plan_jobs(load_recipe(path), tmp_path / "runs")
+    for job in jobs.values():
+        job.update(threads=1, kind="train")
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    from harness.evaluate import run_job
+
+    root = tmp_path_factory.mktemp("resume")
+    jobs = _jobs(root)
+    run_job(jobs["teacher"])
+    return root, jobs
+
+
+def _start(job: dict, folder: Path) -> subprocess.Popen:
+    spec = folder / f"{Path(job['run_dir']).name}.json"
+    spec.write_text(json.dumps(job))
+    return subprocess.Popen([sys.executable, "-c", RUN_JOB, str(spec)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.is_file():
+        assert process.poll() is None, f"the job ended before {path.name}: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise: weights, EMA, adaptive weighting, optimizer moments, every RNG, the step."""
+    assert a["step"] == b["step"] and a["skipped"] == b["skipped"]
+    for key in ("net", "ema", "weight"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    for rng in ("data_rng", "noise_rng", "torch_rng"):
+        assert torch.equal(a[rng], b[rng])
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_an_interrupted_run_resumes_to_bitwise_the_same_end(trained_teacher, tmp_path, how):
+    """sCT (tangent warmup over the first steps, adaptive weighting, EMA) killed mid-way: SIGTERM saves the step
+    it is at and exits; kill -9 loses the steps since the last checkpoint. Either way the resumed run ends with
+    the weights, EMA, optimizer and RNG states of an uninterrupted run, and its evaluation gives the same FID."""
+    from harness.evaluate import evaluate_stage, run_job
+
+    root, jobs = trained_teacher
+    whole = {**jobs["sct"], "run_dir": str(tmp_path / "whole")}
+    cut = {**jobs["sct"], "run_dir": str(tmp_path / "cut")}
+    run_job(whole)
+    process = _start(cut, tmp_path)
+    _wait_for(store.checkpoint_path(Path(cut["run_dir"]), 40), process)
+    time.sleep(0.1)  # into the steps after the checkpoint
+    process.send_signal(getattr(signal, how))
+    process.wait(timeout=60)
+    saved = [int(p.stem.split("-")[1]) for p in store.checkpoints(Path(cut["run_dir"]))]
+    assert max(saved) < 120, "the job finished before the signal; the test did not interrupt it"
+    if how == "SIGTERM":
+        assert process.returncode != 0 and "stopped by SIGTERM" in process.stderr.read()
+        assert max(saved) % 40 != 0, f"SIGTERM should save the step it stopped at, found {saved}"
+        assert store.read_json(Path(cut["run_dir"]) / "progress.json")["state"] == "stopped"
+    else:
+        assert process.returncode == -signal.SIGKILL and all(step % 40 == 0 for step in saved)
+    run_job(cut)  # the rerun resumes
+    final = {name: store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 120)) for name, job in
+             (("whole", whole), ("cut", cut))}
+    _assert_same_state(final["whole"], final["cut"])
+    rows = {name: evaluate_stage({**job, "kind": "evaluate"}, str(store.checkpoint_path(Path(job["run_dir"]), 120)))
+            for name, job in (("whole", whole), ("cut", cut))}
+    assert [(r["metric"], r["value"]) for r in rows["whole"]] == [(r["metric"], r["value"]) for r in rows["cut"]]
+
+
+SAVER = """
+import sys, torch
+from pathlib import Path
+from harness import store
+folder = Path(sys.argv[1])
+for step in range(1, 10 ** 6):
+    store.save_checkpoint(store.checkpoint_path(folder, step), {"step": step, "w": torch.full((2_000_000,), step)})
+"""
+
+
+def test_killing_the_writer_mid_checkpoint_leaves_the_previous_one_intact(tmp_path):
+    """A process saving 8 MB checkpoints as fast as it can is killed (-9) at five random moments; every time, each
+    checkpoint in place matches its checksum and loads, the newest is whole, and the stray temporary file of the
+    interrupted write is cleaned up before training goes on."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], cwd=ROOT)
+        _wait_for(store.checkpoint_path(tmp_path, 1), process)
+        time.sleep(rng.uniform(0.05, 0.6))
+        process.kill()
+        process.wait()
+        for path in store.checkpoints(tmp_path):
+            assert store.checkpoint_complete(path), path
+        path, state = store.newest_checkpoint(tmp_path)
+        assert state["step"] == int(path.stem.split("-")[1]) and bool((state["w"] == state["step"]).all())
+        store.remove_partial_writes(tmp_path / "checkpoints")
+        assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+        for old in store.checkpoints(tmp_path):
+            old.unlink()
+
+
+class Foreign:
+    """In a checkpoint, a pickle that would build an arbitrary object: weights_only refuses to load it."""
+
+
+def test_a_truncated_or_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, capfd):
+    for step in (1, 2, 3, 4):
+        store.save_checkpoint(store.checkpoint_path(tmp_path, step), {"step": step, "w": torch.randn(1000)})
+    newest, corrupt, foreign = (store.checkpoint_path(tmp_path, s) for s in (4, 3, 2))
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated copy
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    corrupt.write_bytes(bytes(data))
+    torch.save({"step": 2, "w": Foreign()}, foreign)
+    store._checksum_file(foreign).unlink()  # no checksum: loading is the check
+    path, state = store.newest_checkpoint(tmp_path)
+    assert path == store.checkpoint_path(tmp_path, 1) and state["step"] == 1
+    err = capfd.readouterr().err
+    assert f"skipping checkpoint {newest}: its bytes do not match its checksum" in err
+    assert f"skipping checkpoint {corrupt}: its bytes do not match its checksum" in err
+    assert f"skipping checkpoint {foreign}: it cannot be read (UnpicklingError" in err
+
+
+REAL_OBJECTIVE = __import__("harness.train").train._objective
+
+
+def _train_with(monkeypatch, job, bad_at: dict):
+    """train_stage with the objective sabotaged at the given steps ({step: term})."""
+    import harness.train as train
+
+    real = REAL_OBJECTIVE
+
+    def objective(method, stage, recipe, state, *args):
+        loss, diag = real(method, stage, recipe, state, *args)
+        term = bad_at.get(state.step + 1)
+        if term == "loss":
+            loss = loss * float("nan")
+        elif term == "tangent":
+            diag = {**diag, "tangent_norm": torch.tensor(float("inf"))}
+        elif term == "gradient":  # finite value, NaN gradient: d sqrt(x)/dx at 0 is inf, times 0
+            loss = loss + torch.sqrt(0 * sum(p.sum() for p in state.net.parameters()))
+        return loss, diag
+
+    monkeypatch.setattr(train, "_objective", objective)
+    return train.train_stage(job)
+
+
+@pytest.mark.parametrize("term", ["loss", "tangent", "gradient"])
+def test_a_non_finite_term_stops_the_job_as_diverged(trained_teacher, tmp_path, monkeypatch, term):
+    from harness.status import job_rows
+
+    _, jobs = trained_teacher
+    job = {**jobs["sct"], "run_dir": str(tmp_path / "runs" / "tiny" / "sct-x")}
+    store.write_json(Path(job["run_dir"]) / "job.json", job)  # as the launcher leaves it, for status
+    assert _train_with(monkeypatch, job, {7: term}) is None
+    record = store.read_json(Path(job["run_dir"]) / "diverged.json")
+    assert (record["step"], record["term"], record["policy"]) == (7, term, "stop")
+    assert store.read_json(Path(job["run_dir"]) / "progress.json")["state"] == "diverged"
+    assert job_rows(tmp_path / "runs", "tiny")[0]["state"] == f"diverged at step 7 ({term})"
+    assert not store.checkpoint_path(Path(job["run_dir"]), 120).exists()
+
+
+def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(trained_teacher, tmp_path, monkeypatch):
+    _, jobs = trained_teacher
+    recipe = json.loads(json.dumps(jobs["sct"]["recipe"]))
+    recipe["stages"]["sct"].update(on_nonfinite="skip", max_skipped_steps=2)
+    job = {**jobs["sct"], "recipe": recipe, "run_dir": str(tmp_path / "skip")}
+    assert _train_with(monkeypatch, job, {5: "loss", 50: "gradient"}) is not None
+    final = store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 120))
+    assert final["skipped"] == [{"step": 5, "term": "loss"}, {"step": 50, "term": "gradient"}]
+    assert all(torch.isfinite(v).all() for v in final["net"].values())
+    assert store.read_json(Path(job["run_dir"]) / "progress.json")["skipped"] == 2
+    job = {**job, "run_dir": str(tmp_path / "too-many")}
+    assert _train_with(monkeypatch, job, {3: "loss", 4: "loss", 9: "tangent"}) is None
+    record = store.read_json(Path(job["run_dir"]) / "diverged.json")
+    assert (record["step"], record["term"], record["skipped"]) == (9, "tangent", 3)
+    assert "more than max_skipped_steps=2" in record["message"]
+
+
+def test_a_diverged_run_is_reported_as_diverged_never_with_a_number(tmp_path):
+    """A real divergence (sCT at lr 1e30) in a whole recipe run: the teacher and sCD finish, sCT's rows say
+    diverged with the step and term, the report shows "diverged" in its FID cell, and a rerun does not retrain."""
+    from harness.launch import run_recipe
+    from harness.report import write_report
+
+    class Quiet:
+        def update(self, name, info):
+            pass
+
+    path = tiny_recipe(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"]["sct"]["optimizer"]["lr"] = 1.0e30
+    raw["evaluation"]["samples_per_class"] = 3
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(path)
+    rows = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
+    sct = [r for r in rows if r["method"] == "sct"]
+    assert sct and all(r["diverged"] and np.isnan(r["value"]) for r in sct)
+    assert sct[0]["diverged_term"] in ("loss", "tangent", "gradient") and 1 <= sct[0]["diverged_step"] <= 6
+    assert all(not r["diverged"] and np.isfinite(r["value"]) for r in rows if r["method"] != "sct")
+    table = (write_report(recipe, tmp_path / "runs", tmp_path / "results"), tmp_path / "results" / "tiny" / "table.md")
+    text = table[1].read_text()
+    assert len(re.findall(r"\| sCT .*\| diverged \|", text)) == 2, text
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "tiny").rglob("*.json")}
+    again = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
+    assert json.dumps(again) == json.dumps(rows)  # the same rows (NaN included); nothing trained or evaluated again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "tiny").rglob("*.json")} == stamp
+
+
+def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trained_teacher, tmp_path, monkeypatch):
+    from harness.train import train_stage
+
+    _, jobs = trained_teacher
+    job = {**jobs["sct"], "run_dir": str(tmp_path / "full")}
+    real_fsync, real_save = os.fsync, store.save_checkpoint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save(path, state):  # the disk fills up after the first checkpoint
+        if state["step"] > 40:
+            monkeypatch.setattr(store.os, "fsync", full)
+        real_save(path, state)
+
+    monkeypatch.setattr(store, "save_checkpoint", save)
+    with pytest.raises(store.DiskError, match=r"^no space left on the device writing .*; free space there"):
+        train_stage(job)
+    kept = store.checkpoints(Path(job["run_dir"]))
+    assert kept and all(store.checkpoint_complete(p) for p in kept)
+    assert not [p for p in Path(job["run_dir"]).rglob(".*.tmp")]  # no partial file left behind
+    assert [int(p.stem.split("-")[1]) for p in kept] == [40]
+    monkeypatch.setattr(store.os, "fsync", real_fsync)
+    monkeypatch.setattr(store, "save_checkpoint", real_save)
+    assert train_stage(job).endswith("step-00000120.pt")  # space again: it resumes and finishes
+
+
+def test_an_unwritable_runs_folder_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(app, ["run", str(tiny_recipe(tmp_path)), "--executor", "debug", "--runs-dir",
+                                      str(blocker / "runs")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "--runs-dir" in lines[0]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from harness import store
+run_dir, n = Path(sys.argv[1]), int(sys.argv[2])
+for i in range(1, n + 1):
+    rows = [{"job": run_dir.name, "metric": "fid", "value": float(k), "nfe": 1, "method": "sct"} for k in range(i)]
+    store.write_json(run_dir / "metrics.json", {"key": {}, "rows": rows})
+    store.write_json(run_dir / "progress.json", {"state": "evaluating", "step": i})
+"""
+
+
+def test_eight_concurrent_writers_lose_nothing_and_a_reader_never_fails(tmp_path):
+    """8 processes (as array tasks) rewrite their metrics and status 150 times each while the report reads the
+    store in a loop: every read parses, and at the end every job has all its rows."""
+    from harness.report import load_rows
+
+    dirs = [tmp_path / f"sct-{k}" for k in range(8)]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(d), "150"], cwd=ROOT) for d in dirs]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        frame = load_rows([d / "metrics.json" for d in dirs])  # raises on a half-written file
+        assert frame.empty or set(frame.metric) == {"fid"}
+        for d in dirs:
+            assert store.read_json(d / "progress.json", {}).get("state", "evaluating") == "evaluating"
+        reads += 1
+    assert all(w.returncode == 0 for w in writers) and reads > 3
+    frame = load_rows([d / "metrics.json" for d in dirs])
+    assert len(frame) == 8 * 150 and sorted(frame.groupby("job").size().unique()) == [150]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_nothing_is_loaded_in_a_way_that_can_run_code():
+    """Checkpoints with weights_only=True, YAML with safe_load, pickles through the arrays-only unpickler, and
+    no eval / exec anywhere in the code."""
+    unsafe = {r"torch\.load\((?![^)]*weights_only=True)": "torch.load without weights_only=True",
+              r"yaml\.(load|unsafe_load|full_load)\(": "yaml loading other than safe_load",
+              r"(?<![.\w])(eval|exec)\(": "eval / exec", r"pickle\.loads?\(": "plain pickle loading",
+              r"np\.load\([^)]*allow_pickle=True": "numpy pickle loading"}
+    found = []
+    for path in [*ROOT.glob("harness/*.py"), *ROOT.glob("scm/**/*.py"), *ROOT.glob("benchmarks/*.py")]:
+        text = path.read_text()
+        for pattern, what in unsafe.items():
+            found += [f"{path.name}: {what}" for _ in re.finditer(pattern, text)]
+    assert not found, found
