@@ -151,6 +151,23 @@ app.add_typer(refs_app, name="refs")
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
 app.add_typer(bench_app, name="bench")
+findings_app = typer.Typer(no_args_is_help=True, help="Measurements behind the paper's findings (results/README.md).")
+app.add_typer(findings_app, name="findings")
+
+
+@findings_app.command("tangent-terms")
+def findings_tangent_terms(recipe: Path = typer.Argument(..., help="A teacher recipe, e.g. recipes/fig4_stability.yaml"),
+                           samples: int = typer.Option(256, min=1, help="Real images x0 averaged over."),
+                           smoke: bool = SMOKE, runs_dir: Path = RUNS, results_dir: Path = RESULTS):
+    """sCM Fig. 4: the x-part and t-part of df/dt against t for each trained teacher of the recipe's sweep."""
+    from .tangent_terms import write
+
+    spec = _load(recipe, smoke=smoke)
+    try:
+        paths = write(spec, runs_dir, results_dir, samples)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @bench_app.command("jvp")

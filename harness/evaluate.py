@@ -140,7 +140,7 @@ def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=N
     named = _reference_file(recipe, data, suffix)
     if named is not None:
         return _load_reference_file(named, suffix)
-    key = config_hash(recipe.data.model_dump(), extractor.name)
+    key = config_hash(recipe.data.model_dump(exclude_defaults=True), extractor.name)
     ref_dir = Path(runs_root) / "_reference" / f"{recipe.data.name}-{key}"
     if not _reference_ready(ref_dir):
         ref_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,8 @@ def reference_statistics(recipe: Recipe, data, runs_root: Path, extractor, vae=N
 def evaluation_key(recipe: Recipe) -> str:
     """Names the evaluation settings; metrics made under other settings are stale."""
     # shards and ranks change how the work is split, never a sample (per-sample seeds)
-    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks", "array_tasks"}), recipe.seed)
+    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks", "array_tasks"},
+                                                    exclude_defaults=True), recipe.seed)
 
 
 def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]:
@@ -329,7 +330,7 @@ def diverged_rows(job: dict) -> list[dict]:
     ev = recipe.evaluation
     metrics = ["fid", "kid"] + (["fd_dinov2"] if ev.fd_dinov2 else [])
     context = {"recipe": recipe.name, "variant": job.get("variant", ""), "job": run_dir.name,
-               "teacher_job": job.get("teacher", run_dir.name), "method": method, "size": recipe.network.size,
+               "teacher_job": job.get("teacher", run_dir.name), "method": method, "size": model_size(recipe, job),
                "seed": recipe.seed, "checkpoint_step": record["step"], "features": ev.features,
                "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
@@ -345,6 +346,15 @@ def diverged_rows(job: dict) -> list[dict]:
     return rows
 
 
+def model_size(recipe: Recipe, job: dict) -> str | None:
+    """EDM2's S..XXL, or for other networks the entry of a sweep axis named `size` (e.g. size=w16), so a scaling
+    sweep of any network reads as one in the report."""
+    if recipe.network.size:
+        return recipe.network.size
+    swept = dict(part.split("=", 1) for part in job.get("variant", "").split(",") if "=" in part)
+    return swept.get("size")
+
+
 def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, net) -> dict:
     """What every metrics row of this job records besides its setting, metric, value and reference."""
     method, stage = job["method"], recipe.stage(job["method"])
@@ -352,7 +362,7 @@ def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, net) -
            else f"halflife {stage.ema.halflife_images:g} images")
     return {"recipe": recipe.name, "variant": job.get("variant", ""), "job": Path(job["run_dir"]).name,
             "teacher_job": job.get("teacher", Path(job["run_dir"]).name), "method": method,
-            "size": recipe.network.size, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+            "size": model_size(recipe, job), "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
             "seed": recipe.seed, "ema": ema, "checkpoint_step": int(state["step"]),
             "checkpoint": Path(checkpoint).name, "code_version": code_version(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_seconds": state["elapsed"],
@@ -450,9 +460,9 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
 
 def run_job(job: dict):
     """What the executor runs: train a stage (kind "train", returns its final checkpoint) or evaluate its final
-    checkpoint (kind "evaluate", returns metrics rows). A lock on the run folder refuses a second copy of the same
-    job (two writers would interleave checkpoints); in a multi-task job only rank 0 holds it."""
-    import fcntl
+    checkpoint (kind "evaluate", returns metrics rows). A lock on the run folder keeps a second copy of the same job
+    from running at once (two writers would interleave checkpoints): it waits for the first to end; in a multi-task
+    job only rank 0 holds it."""
     from .distributed import job_task
     from .train import train_stage
 
@@ -468,11 +478,34 @@ def run_job(job: dict):
     if job_task()[0] > 0:  # the other ranks of a data-parallel job: rank 0 holds the lock for them
         return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
     with open(run_dir / ".lock", "w") as lock:
+        _wait_for_lock(lock, run_dir, job.get("lock_wait_s", LOCK_WAIT_S))
+        return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
+
+
+LOCK_WAIT_S = 1800  # a rerun while an earlier copy still runs (its launcher was killed): wait for it this long
+
+
+def _wait_for_lock(lock, run_dir: Path, wait_s: float) -> None:
+    """Take the run folder's lock. Another process holding it is running this job (an earlier run whose launcher
+    was killed, or a duplicate submission): wait for it to finish, then go on, which finds its work done or
+    resumes it; give up with a clear error after wait_s seconds."""
+    import fcntl
+    import sys
+
+    deadline = time.time() + wait_s
+    told = False
+    while True:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
-            raise RuntimeError(f"{run_dir.name} is already running in another process; wait for it or stop it") from None
-        return train_stage(job) if kind == "train" else _evaluate_final(job, run_dir)
+            if time.time() >= deadline:
+                raise RuntimeError(f"{run_dir.name} is still running in another process after {wait_s:g} s; wait "
+                                   "for it or stop it (scm-bench cancel RECIPE), then run again") from None
+            if not told:
+                print(f"{run_dir.name} is running in another process; waiting for it", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(1.0)
 
 
 def _final_checkpoint(job: dict, run_dir: Path) -> Path:

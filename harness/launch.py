@@ -25,8 +25,11 @@ STAGES = (("train", "teacher"), ("generate", "teacher"), ("evaluate", "teacher")
 
 def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
     """The training jobs of one recipe variant, keyed by method; students name their teacher's job."""
-    hashed = recipe.model_dump(exclude={"stages", "executor", "resources", "evaluation", "sweep", "variant"})
-    stage_settings = {m: recipe.stage(m).model_dump(exclude={"resources"}) for m in ("teacher", *STUDENTS)
+    # settings left at their defaults are not hashed, so a field added to the schema later keeps existing job ids
+    hashed = recipe.model_dump(exclude={"stages", "executor", "resources", "evaluation", "sweep", "variant"},
+                               exclude_defaults=True)
+    stage_settings = {m: recipe.stage(m).model_dump(exclude={"resources"}, exclude_defaults=True)
+                      for m in ("teacher", *STUDENTS)
                       if recipe.stage(m) is not None}
     teacher_id = f"teacher-{config_hash(hashed, stage_settings['teacher'])}"
     jobs = {"teacher": {"method": "teacher", "id": teacher_id}}

@@ -123,8 +123,9 @@ def scaling_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         return None
     paper = paper[paper["size"].isin(SIZES) & paper.method.isin(points.method)]
     every = sizes | set(paper["size"])
-    positions = {s: i for i, s in enumerate([s for s in SIZES if s in every] + sorted(every - set(SIZES)))}
     params = {**paper.groupby("size").params_m.first().dropna(), **points.groupby("size").params_m.first().dropna()}
+    others = sorted(every - set(SIZES), key=lambda s: (params.get(s, math.inf), s))  # other sizes by parameters
+    positions = {s: i for i, s in enumerate([s for s in SIZES if s in every] + others)}
     fig = _new_figure(10)
     ax_fid, ax_ratio = fig.subplots(1, 2)
     styles = _styles(points.method)

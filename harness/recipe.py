@@ -152,6 +152,8 @@ class StageConfig(Strict):
     # a non-finite loss, tangent or gradient: end the job as diverged ("stop"), or skip that step ("skip") and end
     # it as diverged only after more than max_skipped_steps skips
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # sct only: None = continuous time (sCT); N = the discrete-time consistency objective on N steps of [0, t_max]
+    discrete_steps: int | None = Field(None, gt=1)
     max_skipped_steps: int = Field(100, ge=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
     guidance: float | tuple[float, float] = 1.0  # sCD: the teacher's CFG scale, or a range [lo, hi] drawn per sample
@@ -255,6 +257,14 @@ class Recipe(Strict):
                 and not self.network.guidance_input:
             raise ValueError("stages.scd.guidance is a range but the student cannot be told the scale; "
                              "set network.guidance_input: true or give one scale")
+        return self
+
+    @model_validator(mode="after")
+    def _discrete_time_is_for_consistency_training(self):
+        for method in ("teacher", "scd"):
+            if self.stage(method) is not None and self.stage(method).discrete_steps is not None:
+                raise ValueError(f"stages.{method}.discrete_steps: the discrete-time objective is consistency "
+                                 "training; set it on stages.sct only (or remove it)")
         return self
 
     @model_validator(mode="after")

@@ -18,9 +18,12 @@ FIXED = ("data", "resources", "executor", "network.channels", "network.blocks_pe
          "evaluation.samples_per_class", "evaluation.teacher_steps", "evaluation.batch_size",
          "evaluation.features", "evaluation.reference", "evaluation.fd_dinov2", "evaluation.shard_size")
 FIXED_STAGE_FIELDS = ("steps", "batch_size", "checkpoint_every", "resources")  # micro_batch: shrunk below
+SHRUNK_NETWORKS = ("unet-edm2", "ddpmpp")  # narrowed to 32 channels; toy networks keep their width
 
 
-def _fixed(key: str) -> bool:
+def _fixed(key: str, network: str) -> bool:
+    if key == "network.channels" and network not in SHRUNK_NETWORKS:  # toy widths are kept, sweeps of them too
+        return False
     parts = key.split(".")
     if parts[0] == "stages" and len(parts) >= 3:
         return parts[2] in FIXED_STAGE_FIELDS
@@ -36,14 +39,14 @@ def _smoke_value(key: str, value):
     return value
 
 
-def _smoke_sweep(sweep: dict) -> dict:
+def _smoke_sweep(sweep: dict, network: str) -> dict:
     kept = {}
     for axis, values in sweep.items():
         if all(isinstance(v, dict) for v in values):
             kept[axis] = [{"label": entry_label(entry), **{k: _smoke_value(k, v) for k, v in entry.items()
-                                                           if not _fixed(k) and k != "label"}}
+                                                           if not _fixed(k, network) and k != "label"}}
                           for entry in values]
-        elif not _fixed(axis):
+        elif not _fixed(axis, network):
             kept[axis] = [_smoke_value(axis, v) for v in values]
     return kept
 
@@ -66,7 +69,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     raw["executor"] = "local"
     raw["resources"] = {"cpus_per_task": 1, "time_min": 30}
     raw["data"] = _smoke_data(raw["data"])
-    if raw["network"]["name"] in ("unet-edm2", "ddpmpp"):
+    if raw["network"]["name"] in SHRUNK_NETWORKS:
         raw["network"].update(channels=32, blocks_per_level=1)
     for stage in raw["stages"].values():
         if stage is not None:
@@ -74,10 +77,11 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
             stage.update(steps=SMOKE_STEPS, batch_size=SMOKE_BATCH, micro_batch=SMOKE_BATCH // 2 if accumulate else None,
                          checkpoint_every=SMOKE_STEPS, resources=None,
                          precision="bf16" if stage["precision"] == "fp16" else stage["precision"])
-    raw["evaluation"].update(samples_per_class=2, teacher_steps=2, batch_size=64, features="digits-classifier",
+    several = isinstance(raw["evaluation"]["teacher_steps"], list) and len(raw["evaluation"]["teacher_steps"]) > 1
+    raw["evaluation"].update(samples_per_class=2, teacher_steps=[2, 3] if several else 2, batch_size=64, features="digits-classifier",
                              reference=None, fd_dinov2=False, shard_size=8,
                              array_tasks=min(raw["evaluation"]["array_tasks"], 2))
-    raw["sweep"] = _smoke_sweep(raw["sweep"])
+    raw["sweep"] = _smoke_sweep(raw["sweep"], raw["network"]["name"])
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

@@ -165,6 +165,11 @@ def _objective(method, stage, recipe, state: TrainState, x0, labels, noise, teac
     if method == "teacher":
         return diffusion_loss(state.net, state.weight, x0, labels, stage.p_mean, stage.p_std, recipe.sigma_data,
                               noise=noise)
+    if stage.discrete_steps is not None:
+        from scm.discrete import discrete_consistency_loss
+
+        return discrete_consistency_loss(state.net, state.weight, x0, labels, stage.discrete_steps, stage.p_mean,
+                                         stage.p_std, recipe.sigma_data, noise=noise)
     return consistency_loss(state.net, state.weight, x0, labels, state.step, stage.p_mean, stage.p_std, tangent,
                             teacher, stage.guidance, recipe.sigma_data, noise=noise)
 

@@ -1,6 +1,7 @@
 """The thin harness path: recipe validation, a short real training run, and the whole pipeline at tiny scale."""
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -313,14 +314,21 @@ def test_folder_dataset_with_labels(tmp_path):
         load_image_folder(str(tmp_path))
 
 
-def test_second_copy_of_a_running_job_is_refused(tmp_path):
+def test_a_second_copy_of_a_running_job_waits_for_it_and_then_finds_the_work_done(tmp_path):
+    """As after a rerun whose earlier launcher was killed while its job went on: the copy waits for the lock,
+    then resumes (here: trains, since the holder wrote nothing); past its wait limit it stops with a clear error."""
     import fcntl
+    import threading
     from harness.evaluate import run_job
 
     job = _short_job(tmp_path)
     Path(job["run_dir"]).mkdir(parents=True)
     with open(Path(job["run_dir"]) / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(RuntimeError, match="already running"):
-            run_job(job)
-    assert not (Path(job["run_dir"]) / "checkpoints").exists()
+        with pytest.raises(RuntimeError, match="still running in another process after 0.5 s"):
+            run_job({**job, "lock_wait_s": 0.5})
+        assert not (Path(job["run_dir"]) / "checkpoints").exists()
+        threading.Timer(1.5, lambda: fcntl.flock(held, fcntl.LOCK_UN)).start()
+        started = time.time()
+        final = run_job(job)
+    assert time.time() - started > 1.4 and Path(final).is_file()

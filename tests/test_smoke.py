@@ -22,11 +22,11 @@ class Quiet:
 
 
 def _expected_rows(recipe) -> int:
-    """One row per teacher, and per student NFE (x guidance scales for a student told the scale)."""
+    """One row per teacher step count, and per student NFE (x guidance scales for a student told the scale)."""
     count = 0
     for job in expand_jobs(recipe, Path("unused")):
         if job["method"] == "teacher":
-            count += 1
+            count += len(recipe.evaluation.teacher_step_list)
             continue
         ev = recipe.evaluation
         told = recipe.network.guidance_input and job["method"] == "scd"
@@ -62,6 +62,8 @@ def test_every_recipe_runs_as_a_smoke_test(tmp_path, name):
         assert (Path(job["run_dir"]) / "checkpoints" / "step-00000002.pt").is_file()
     table = write_report(recipe, tmp_path / "runs", tmp_path / "results")  # every variant's rows reach the table
     assert table is not None and len(table) >= _expected_rows(recipe)
+    if "size" in recipe.sweep and recipe.stages.sct is not None:  # a size sweep gets its Fig. 6-style plot
+        assert (tmp_path / "results" / recipe.name / "fid_vs_size.png").is_file()
 
 
 def test_smoke_run_and_report_from_the_command_line(tmp_path):
