@@ -3,7 +3,8 @@
 Every stage, sweep variant, network family, precision and tangent setting of the recipe is kept; what only
 costs time is shrunk: two steps per stage at batch 4, a narrow network with one block per level, a small synthetic
 data set of the recipe's shape (latents decoded by a tiny random VAE), 2 samples per class for evaluation in the
-digits classifier's feature space (no FD_DINOv2), one local task per job, and bf16 where the recipe says fp16 (fp16 autocast is
+digits classifier's feature space (no FD_DINOv2, no generation arrays: tests/test_slurm.py runs those), one local
+task per job, and bf16 where the recipe says fp16 (fp16 autocast is
 emulated on a CPU and 2-3x slower here; tests/test_precision.py covers fp16 with its loss scaler). Runs land under
 `<name>-smoke`, apart from real runs.
 """
@@ -16,7 +17,7 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
 # what a smoke run fixes: sweep entries that set these are dropped (a size sweep still sweeps sizes)
 FIXED = ("data", "resources", "executor", "network.channels", "network.blocks_per_level",
          "evaluation.samples_per_class", "evaluation.teacher_steps", "evaluation.batch_size",
-         "evaluation.features", "evaluation.reference", "evaluation.fd_dinov2", "evaluation.shard_size")
+         "evaluation.features", "evaluation.reference", "evaluation.fd_dinov2", "evaluation.array_tasks")
 FIXED_STAGE_FIELDS = ("steps", "batch_size", "checkpoint_every", "resources")  # micro_batch: shrunk below
 SHRUNK_NETWORKS = ("unet-edm2", "ddpmpp")  # narrowed to 32 channels; toy networks keep their width
 
@@ -79,8 +80,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
                          precision="bf16" if stage["precision"] == "fp16" else stage["precision"])
     several = isinstance(raw["evaluation"]["teacher_steps"], list) and len(raw["evaluation"]["teacher_steps"]) > 1
     raw["evaluation"].update(samples_per_class=2, teacher_steps=[2, 3] if several else 2, batch_size=64, features="digits-classifier",
-                             reference=None, fd_dinov2=False, shard_size=8,
-                             array_tasks=min(raw["evaluation"]["array_tasks"], 2))
+                             reference=None, fd_dinov2=False, array_tasks=1)
     raw["sweep"] = _smoke_sweep(raw["sweep"], raw["network"]["name"])
     try:
         return Recipe.model_validate(raw)

@@ -24,10 +24,10 @@ RUN_JOB = "import json, sys; from harness.evaluate import run_job; run_job(json.
 
 
 def _jobs(tmp_path: Path, **stage_changes) -> dict:
-    """The tiny digits recipe's jobs (teacher 6 steps; sCT 120 steps, a checkpoint every 40)."""
+    """The tiny digits recipe's jobs (teacher 6 steps; sCT 60 steps, a checkpoint every 20)."""
     path = tiny_recipe(tmp_path)
     raw = yaml.safe_load(path.read_text())
-    raw["stages"]["sct"].update(steps=120, checkpoint_every=40, batch_size=16, **stage_changes)
+    raw["stages"]["sct"].update(steps=60, checkpoint_every=20, batch_size=16, **stage_changes)
     raw["evaluation"].update(samples_per_class=4, consistency_nfe=[1])
     path.write_text(yaml.safe_dump(raw))
     jobs = plan_jobs(load_recipe(path), tmp_path / "runs")
@@ -86,23 +86,23 @@ def test_an_interrupted_run_resumes_to_bitwise_the_same_end(trained_teacher, tmp
     cut = {**jobs["sct"], "run_dir": str(tmp_path / "cut")}
     run_job(whole)
     process = _start(cut, tmp_path)
-    _wait_for(store.checkpoint_path(Path(cut["run_dir"]), 40), process)
-    time.sleep(0.1)  # into the steps after the checkpoint
+    _wait_for(store.checkpoint_path(Path(cut["run_dir"]), 20), process)
+    time.sleep(0.05)  # into the steps after the checkpoint
     process.send_signal(getattr(signal, how))
     process.wait(timeout=60)
     saved = [int(p.stem.split("-")[1]) for p in store.checkpoints(Path(cut["run_dir"]))]
-    assert max(saved) < 120, "the job finished before the signal; the test did not interrupt it"
+    assert max(saved) < 60, "the job finished before the signal; the test did not interrupt it"
     if how == "SIGTERM":
         assert process.returncode != 0 and "stopped by SIGTERM" in process.stderr.read()
-        assert max(saved) % 40 != 0, f"SIGTERM should save the step it stopped at, found {saved}"
+        assert max(saved) % 20 != 0, f"SIGTERM should save the step it stopped at, found {saved}"
         assert store.read_json(Path(cut["run_dir"]) / "progress.json")["state"] == "stopped"
     else:
-        assert process.returncode == -signal.SIGKILL and all(step % 40 == 0 for step in saved)
+        assert process.returncode == -signal.SIGKILL and all(step % 20 == 0 for step in saved)
     run_job(cut)  # the rerun resumes
-    final = {name: store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 120)) for name, job in
+    final = {name: store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 60)) for name, job in
              (("whole", whole), ("cut", cut))}
     _assert_same_state(final["whole"], final["cut"])
-    rows = {name: evaluate_stage({**job, "kind": "evaluate"}, str(store.checkpoint_path(Path(job["run_dir"]), 120)))
+    rows = {name: evaluate_stage({**job, "kind": "evaluate"}, str(store.checkpoint_path(Path(job["run_dir"]), 60)))
             for name, job in (("whole", whole), ("cut", cut))}
     assert [(r["metric"], r["value"]) for r in rows["whole"]] == [(r["metric"], r["value"]) for r in rows["cut"]]
 
@@ -196,7 +196,7 @@ def test_a_non_finite_term_stops_the_job_as_diverged(trained_teacher, tmp_path, 
     assert (record["step"], record["term"], record["policy"]) == (7, term, "stop")
     assert store.read_json(Path(job["run_dir"]) / "progress.json")["state"] == "diverged"
     assert job_rows(tmp_path / "runs", "tiny")[0]["state"] == f"diverged at step 7 ({term})"
-    assert not store.checkpoint_path(Path(job["run_dir"]), 120).exists()
+    assert not store.checkpoint_path(Path(job["run_dir"]), 60).exists()
 
 
 def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(trained_teacher, tmp_path, monkeypatch):
@@ -205,7 +205,7 @@ def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(traine
     recipe["stages"]["sct"].update(on_nonfinite="skip", max_skipped_steps=2)
     job = {**jobs["sct"], "recipe": recipe, "run_dir": str(tmp_path / "skip")}
     assert _train_with(monkeypatch, job, {5: "loss", 50: "gradient"}) is not None
-    final = store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 120))
+    final = store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 60))
     assert final["skipped"] == [{"step": 5, "term": "loss"}, {"step": 50, "term": "gradient"}]
     assert all(torch.isfinite(v).all() for v in final["net"].values())
     assert store.read_json(Path(job["run_dir"]) / "progress.json")["skipped"] == 2
@@ -257,7 +257,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trai
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def save(path, state):  # the disk fills up after the first checkpoint
-        if state["step"] > 40:
+        if state["step"] > 20:
             monkeypatch.setattr(store.os, "fsync", full)
         real_save(path, state)
 
@@ -267,10 +267,10 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trai
     kept = store.checkpoints(Path(job["run_dir"]))
     assert kept and all(store.checkpoint_complete(p) for p in kept)
     assert not [p for p in Path(job["run_dir"]).rglob(".*.tmp")]  # no partial file left behind
-    assert [int(p.stem.split("-")[1]) for p in kept] == [40]
+    assert [int(p.stem.split("-")[1]) for p in kept] == [20]
     monkeypatch.setattr(store.os, "fsync", real_fsync)
     monkeypatch.setattr(store, "save_checkpoint", real_save)
-    assert train_stage(job).endswith("step-00000120.pt")  # space again: it resumes and finishes
+    assert train_stage(job).endswith("step-00000060.pt")  # space again: it resumes and finishes
 
 
 def test_an_unwritable_runs_folder_is_a_one_line_error(tmp_path):
