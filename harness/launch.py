@@ -238,7 +238,7 @@ def preflight(recipe: Recipe, runs_root: Path | None = None) -> None:
         if variant.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
             raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} "
                              f"levels; the resolution must be divisible by {2 ** (levels - 1)}")
-    from .evaluate import check_reference
+    from .reference import check_reference
     from .features import check_inception
 
     if recipe.evaluation.features == "inception":

@@ -79,7 +79,7 @@ def test_a_run_reports_fd_dinov2_beside_fid(hub, tmp_path):
     `refs import` (mu_dinov2, sigma_dinov2) is used where the recipe names one."""
     from test_harness import tiny_recipe
 
-    from harness.evaluate import reference_statistics
+    from harness.reference import reference_statistics
     from harness.launch import run_recipe
     from harness.recipe import load_recipe
 

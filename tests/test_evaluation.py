@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from harness.distributed import Ranks
-from harness.evaluate import check_reference, shard_features, to_uint8
+from harness.evaluate import shard_features, to_uint8
+from harness.reference import check_reference
 from harness.features import build_extractor, check_inception, stream_features
 from harness.generate import Setting, generate
 from harness.metrics import frechet_distance
@@ -165,7 +166,7 @@ def test_edm2_reference_pickles_import_and_code_in_them_is_refused(tmp_path):
     import os
     import pickle
 
-    from harness.evaluate import _load_reference_file
+    from harness.reference import _load_reference_file
     from harness.refs import import_reference
 
     rng = np.random.default_rng(1)
