@@ -151,14 +151,14 @@ def _setting(net, setting: tuple[str, int, float]):
     return Setting(sampler, steps, guidance if (told or sampler != "consistency") else 1.0, told)
 
 
-def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractors, classifier, refs, vae=None,
+def _evaluate_setting(net, recipe, data, labels, setting, samples: Path, extractors, classifier, refs, vae=None,
                       ranks=None) -> list[dict] | None:
-    """Features of every sample -> FID, KID, FD_DINOv2 where asked (and class accuracy); a grid of fixed
-    samples. Long rows."""
+    """Features of every sample (shards under samples/SETTING) -> FID, KID, FD_DINOv2 where asked (and class
+    accuracy); a grid of fixed samples. Long rows."""
     from .generate import generate
 
     setting = _setting(net, setting)
-    folder = run_dir / "samples" / setting.name
+    folder = samples / setting.name
     start = time.time()
     feats, classes = shard_features(net, recipe, data, labels, setting, folder, extractors, vae, ranks, classifier)
     if ranks is not None and not ranks.is_main:
@@ -166,7 +166,7 @@ def _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractors, c
     sample_seconds = time.time() - start
     count = len(feats["features"])
     indices, rows, cols = _grid_indices(recipe.evaluation.samples_per_class, data.num_classes, count)
-    grid = run_dir / "samples" / f"grid-{setting.name}.png"
+    grid = samples / f"grid-{setting.name}.png"
     write_grid(pixels_of(generate(net, setting, indices, labels, data.shape, recipe.seed, recipe.sigma_data),
                          recipe, vae), grid, rows, cols)
     common = {"sampler": setting.sampler, "nfe": setting.nfe(labels is not None), "guidance": setting.guidance,
@@ -224,9 +224,9 @@ def diverged_rows(job: dict) -> list[dict]:
     metrics = ["fid", "kid"] + (["fd_dinov2"] if ev.fd_dinov2 else [])
     context = {"recipe": recipe.name, "variant": job.get("variant", ""), "job": run_dir.name,
                "teacher_job": job.get("teacher", run_dir.name), "method": method, "size": model_size(recipe, job),
-               "seed": recipe.seed, "checkpoint_step": record["step"], "features": ev.features,
+               "seed": recipe.stage_seed(method), "checkpoint_step": record["step"], "features": ev.features,
                "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
+               "intermediate": False, "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
                "diverged_message": record["message"]}
     rows = []
     for sampler, steps, guidance in sample_settings(recipe, method):
@@ -256,7 +256,7 @@ def _row_context(recipe: Recipe, job: dict, state: dict, checkpoint: str, net) -
     return {"recipe": recipe.name, "variant": job.get("variant", ""), "job": Path(job["run_dir"]).name,
             "teacher_job": job.get("teacher", Path(job["run_dir"]).name), "method": method,
             "size": model_size(recipe, job), "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-            "seed": recipe.seed, "ema": ema, "checkpoint_step": int(state["step"]),
+            "seed": recipe.stage_seed(method), "ema": ema, "checkpoint_step": int(state["step"]),
             "checkpoint": Path(checkpoint).name, "code_version": code_version(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_seconds": state["elapsed"],
             "diverged": False}
@@ -311,13 +311,34 @@ def generate_part(job: dict, part: tuple[int, int]) -> list:
     return []
 
 
+def _checkpoint_rows(job: dict, recipe: Recipe, data, labels, checkpoint: Path, state: dict, net, samples: Path,
+                     tools: tuple) -> list[dict]:
+    """The rows of one checkpoint's EMA network at every setting (samples under `samples`); empty off rank 0.
+    Rows of a checkpoint before the stage's last step are marked intermediate (FID over training)."""
+    extractors, classifier, refs, vae, ranks = tools
+    rows = []
+    for setting in sample_settings(recipe, job["method"]):
+        rows += _evaluate_setting(net, recipe, data, labels, setting, samples, extractors, classifier, refs, vae,
+                                  ranks) or []
+    if not ranks.is_main:
+        return []
+    context = _row_context(recipe, job, state, str(checkpoint), net)
+    context["intermediate"] = context["checkpoint_step"] < recipe.stage(job["method"]).steps
+    references = {prefix: _reference_context(refs[prefix], extractors[prefix]) for prefix in extractors}
+    rows = [{**context, **references["dinov2" if row["metric"] == "fd_dinov2" else "features"], **row}
+            for row in rows]
+    if job["method"] == "scd" and not recipe.network.guidance_input:  # it samples at the scale it was distilled at
+        rows = [{**row, "guidance": recipe.stages.scd.guidance} for row in rows]
+    return rows
+
+
 def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     """Metrics rows for one trained stage; cached in metrics.json for that checkpoint and these settings.
     In a multi-task job every rank generates its shards; rank 0 computes the metrics and writes the rows."""
     import torch
     from .classifier import load_digits_classifier
     from .distributed import init_ranks
-    from .train import device
+    from .train import device, load_ema_network
 
     torch.set_num_threads(job["threads"])
     method, run_dir = job["method"], Path(job["run_dir"])
@@ -336,18 +357,16 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     refs = {prefix: reference_statistics(recipe, data, Path(job["runs_root"]), extractor, vae,
                                          "" if prefix == "features" else "_dinov2")
             for prefix, extractor in extractors.items()} if ranks.is_main else None
-    rows = []
-    for setting in sample_settings(recipe, method):
-        rows += _evaluate_setting(net, recipe, data, labels, setting, run_dir, extractors, classifier, refs, vae,
-                                  ranks) or []
+    tools = (extractors, classifier, refs, vae, ranks)
+    rows = _checkpoint_rows(job, recipe, data, labels, Path(checkpoint), state, net, run_dir / "samples", tools)
+    for step in recipe.evaluation.during_training if method != "teacher" else ():  # FID over training
+        path = store.checkpoint_path(run_dir, step)
+        earlier = store.load_checkpoint(path)
+        rows += _checkpoint_rows(job, recipe, data, labels, path, earlier,
+                                 load_ema_network(recipe, path, data.shape, data.num_classes, earlier, method),
+                                 run_dir / "samples" / f"step-{step:07d}", tools)
     if not ranks.is_main:
         return []
-    context = _row_context(recipe, job, state, checkpoint, net)
-    references = {prefix: _reference_context(refs[prefix], extractors[prefix]) for prefix in extractors}
-    rows = [{**context, **references["dinov2" if row["metric"] == "fd_dinov2" else "features"], **row}
-            for row in rows]
-    if method == "scd" and not recipe.network.guidance_input:  # it samples at the CFG scale it was distilled at
-        rows = [{**row, "guidance": recipe.stages.scd.guidance} for row in rows]
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, checkpoint), "rows": rows})
     store.write_json(run_dir / "progress.json", {**store.read_json(run_dir / "progress.json", {}), "state": "done"})
     return rows

@@ -68,7 +68,7 @@ def _curves(points: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return order.sort_values(["_method", "method", "nfe", "_source"], kind="stable").drop(columns=["_method", "_source"])
 
 
-def _log_axis(axis) -> None:
+def log_axis(axis) -> None:
     """Plain numbers (2, 3, 10) on a log axis instead of 2 x 10^0; minor ticks at 2, 3 and 5 only (ticks are most
     of the drawing time)."""
     from matplotlib.ticker import LogFormatter, LogLocator
@@ -87,7 +87,7 @@ def _curve(ax, points: pd.DataFrame, x, y: str, kwargs: dict, label: str) -> Non
     ax.errorbar(x, points[y], yerr=spread, label=label, **kwargs)
 
 
-def _finish(fig, axes, title: str, wspace: float) -> None:
+def finish_figure(fig, axes, title: str, wspace: float) -> None:
     """Title, one legend below the panels (each label once), and margins fixed in inches."""
     handles = {}
     for ax in axes:
@@ -110,10 +110,10 @@ def _size_ticks(ax, positions: dict, params: dict) -> None:
     ax.set_xlim(-0.4, len(positions) - 0.6)
 
 
-def _new_figure(width: float):
+def new_figure(width: float):
     from matplotlib.figure import Figure  # loaded only when there is a figure to draw
 
-    return Figure(figsize=(width, PANEL_HEIGHT))  # the height is set with the legend (_finish)
+    return Figure(figsize=(width, PANEL_HEIGHT))  # the height is set with the legend (finish_figure)
 
 
 def scaling_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
@@ -126,7 +126,7 @@ def scaling_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
     params = {**paper.groupby("size").params_m.first().dropna(), **points.groupby("size").params_m.first().dropna()}
     others = sorted(every - set(SIZES), key=lambda s: (params.get(s, math.inf), s))  # other sizes by parameters
     positions = {s: i for i, s in enumerate([s for s in SIZES if s in every] + others)}
-    fig = _new_figure(10)
+    fig = new_figure(10)
     ax_fid, ax_ratio = fig.subplots(1, 2)
     styles = _styles(points.method)
     curves = _curves(points, paper)
@@ -144,10 +144,10 @@ def scaling_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         ax.set_xlabel("model size (parameters)")
         ax.grid(True, which="both", linewidth=0.3, color="0.8")
     ax_fid.set(yscale="log", ylabel="FID (log scale)", title="FID")
-    _log_axis(ax_fid.yaxis)
+    log_axis(ax_fid.yaxis)
     ax_ratio.axhline(1.0, color="0.5", linewidth=0.8)
     ax_ratio.set(ylabel="FID / teacher FID", title="FID relative to the teacher")
-    _finish(fig, (ax_fid, ax_ratio), f"{title}: FID against model size (filled: ours, hollow: paper)", wspace=0.25)
+    finish_figure(fig, (ax_fid, ax_ratio), f"{title}: FID against model size (filled: ours, hollow: paper)", wspace=0.25)
     return fig
 
 
@@ -157,7 +157,7 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         return None
     present = set(points["size"])
     sizes = [s for s in ("", *SIZES) if s in present] + sorted(present - {"", *SIZES})
-    fig = _new_figure(max(6.0, 3.2 * len(sizes)))
+    fig = new_figure(max(6.0, 3.2 * len(sizes)))
     axes = fig.subplots(1, len(sizes), sharey=True, squeeze=False)[0]
     styles = _styles(points.method)
     from matplotlib.ticker import NullLocator
@@ -175,14 +175,14 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         ax.set_xticks(nfes, [str(n) for n in nfes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set(yscale="log", xlabel="NFE (log scale)", title=f"size {size}" if size else "")
-        _log_axis(ax.yaxis)
+        log_axis(ax.yaxis)
         ax.grid(True, which="both", linewidth=0.3, color="0.8")
     axes[0].set_ylabel("FID (log scale)")
-    _finish(fig, axes, f"{title}: FID against NFE (filled: ours, hollow: paper)", wspace=0.08)
+    finish_figure(fig, axes, f"{title}: FID against NFE (filled: ours, hollow: paper)", wspace=0.08)
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     # no creation date in the PDF, so an unchanged report writes the same bytes
     fig.savefig(buffer, format=path.suffix[1:], dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf"
@@ -201,6 +201,6 @@ def write_plots(table: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str)
             if fig is None:
                 path.unlink(missing_ok=True)
             else:
-                _save(fig, path)
+                save_figure(fig, path)
                 written.append(path)
     return written

@@ -156,6 +156,9 @@ class StageConfig(Strict):
     discrete_steps: int | None = Field(None, gt=1)
     max_skipped_steps: int = Field(100, ge=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
+    adaptive_weighting: bool = True  # learn w(t) (Alg. 1); false: w = 0, every t weighted equally (Fig. 5 ablation)
+    # this stage's training seed (default: the recipe's): a sweep over it repeats students of one teacher
+    seed: int | None = Field(None, ge=0)
     guidance: float | tuple[float, float] = 1.0  # sCD: the teacher's CFG scale, or a range [lo, hi] drawn per sample
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the losses (forward, JVP); fp16 scales grads
     resources: dict | None = None  # this stage's changes to the recipe's resources, e.g. {gpus_per_node: 8}
@@ -193,6 +196,8 @@ class EvaluationConfig(Strict):
     shard_size: int = Field(1000, gt=0)  # samples per shard: the unit of resuming and of splitting over ranks
     ranks: int = Field(1, gt=0)  # data-parallel generation tasks in an evaluation job (one GPU each)
     array_tasks: int = Field(1, gt=0)  # > 1: generation also split over a job array that runs before the metrics
+    # FID over training: students are also evaluated at these checkpoint steps (multiples of checkpoint_every)
+    during_training: list[int] = []
 
     @field_validator("student_guidance")
     @classmethod
@@ -268,6 +273,17 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _steps_evaluated_during_training_are_checkpoints(self):
+        for method in ("sct", "scd"):
+            stage = self.stage(method)
+            for step in self.evaluation.during_training if stage is not None else ():
+                if not 0 < step < stage.steps or step % stage.checkpoint_every:
+                    raise ValueError(f"evaluation.during_training: step {step} is not a checkpoint of stages.{method} "
+                                     f"(multiples of checkpoint_every {stage.checkpoint_every} below steps "
+                                     f"{stage.steps}); use such steps, e.g. [{stage.checkpoint_every}]")
+        return self
+
+    @model_validator(mode="after")
     def _batches_split_over_ranks(self):
         for method in ("teacher", "sct", "scd"):
             stage = self.stage(method)
@@ -285,6 +301,11 @@ class Recipe(Strict):
 
     def stage(self, method: str) -> StageConfig | None:
         return getattr(self.stages, method)
+
+    def stage_seed(self, method: str) -> int:
+        """The seed a stage trains with: its own, or the recipe's."""
+        seed = self.stage(method).seed
+        return self.seed if seed is None else seed
 
     def stage_resources(self, method: str) -> ResourcesConfig:
         """The recipe's resources with the stage's own changes applied."""

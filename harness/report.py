@@ -37,7 +37,7 @@ WIDE_METRICS = ("fid", "kid", "class_accuracy", "fd_dinov2")  # columns of rows 
 ROW_DEFAULTS = {"variant": "", "size": "", "params_m": np.nan, "seed": 0, "sampler": "", "guidance": 1.0,
                 "diverged": False, "grid": "", "train_seconds": np.nan, "num_samples": np.nan, "features": "",
                 "reference": "", "reference_hash": "", "ema": "", "code_version": "", "date": "",
-                "real_vs_real_half_fid": np.nan}
+                "real_vs_real_half_fid": np.nan, "intermediate": False}
 
 
 # ---------------------------------------------------------------- rows in
@@ -60,8 +60,8 @@ def _normalized(rows: list[dict]) -> pd.DataFrame:
     for column, default in ROW_DEFAULTS.items():
         frame[column] = frame[column].fillna(default) if column in frame else default
     frame["teacher_job"] = frame.get("teacher_job", frame.job).fillna(frame.job)  # a teacher is its own teacher
-    return frame.astype({"diverged": bool, "size": str, "variant": str, "grid": str, "guidance": float,
-                         "value": float, "nfe": int})
+    return frame.astype({"diverged": bool, "intermediate": bool, "size": str, "variant": str, "grid": str,
+                         "guidance": float, "value": float, "nfe": int})
 
 
 def load_rows(paths) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def paper_rows(recipe_name: str, baselines: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- tables
 
-def _setting_label(frame: pd.DataFrame) -> pd.Series:
+def setting_label(frame: pd.DataFrame) -> pd.Series:
     """The variant without the axes shown in their own columns or averaged over: seed, method, and size where the
     size column has it (so variants differing only by seed become one setting)."""
     setting = frame.variant.str.replace(r"(?:^|,)(?:seed|method)=[^,]*", "", regex=True)
@@ -151,7 +151,7 @@ def _with_teacher_ratio(frame: pd.DataFrame) -> pd.DataFrame:
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, metric): mean, std (sample) and n over seeds; diverged runs counted, not averaged."""
-    frame = frame.assign(value=frame.value.where(~frame.diverged), setting=_setting_label(frame),
+    frame = frame.assign(value=frame.value.where(~frame.diverged), setting=setting_label(frame),
                          train_minutes=frame.train_seconds / 60, grid=frame.grid.replace("", np.nan))
     frame = _with_teacher_ratio(frame).sort_values(["diverged", "seed"], kind="stable")  # grids of healthy runs first
     grouped = frame.groupby([*SETTING, "metric"], sort=False)
@@ -364,13 +364,16 @@ def report_from_rows(frame: pd.DataFrame, recipe_name: str, results_root: Path,
                      baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """Everything write_report does after gathering: tables, grids and plots of these rows under results/<name>/."""
     from .plots import write_plots
+    from .training_curves import write_training_curves
 
     paper = paper_rows(recipe_name, load_baselines() if baselines is None else baselines)
+    curves = frame
+    frame = frame[~frame.intermediate]  # tables show each run at its last step; the curves at every evaluated one
     long = with_paper(aggregate(frame), paper)
     table = compile_table(long)
     out = Path(results_root) / recipe_name
     table["grid"] = copy_grids(table, out)  # the copy, relative to results/<recipe>/
-    plots = write_plots(table, paper, out, recipe_name)
+    plots = write_plots(table, paper, out, recipe_name) + write_training_curves(curves, out, recipe_name)
     shown = display_table(table)
     unmatched = unmatched_paper_rows(paper, long)
     store.write_bytes_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f").encode())

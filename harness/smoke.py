@@ -72,15 +72,16 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     raw["data"] = _smoke_data(raw["data"])
     if raw["network"]["name"] in SHRUNK_NETWORKS:
         raw["network"].update(channels=32, blocks_per_level=1)
+    over_training = bool(raw["evaluation"]["during_training"])  # FID over training: evaluated at step 1 too
     for stage in raw["stages"].values():
         if stage is not None:
             accumulate = stage["micro_batch"] is not None  # keep exercising gradient accumulation where it is used
             stage.update(steps=SMOKE_STEPS, batch_size=SMOKE_BATCH, micro_batch=SMOKE_BATCH // 2 if accumulate else None,
-                         checkpoint_every=SMOKE_STEPS, resources=None,
+                         checkpoint_every=1 if over_training else SMOKE_STEPS, resources=None,
                          precision="bf16" if stage["precision"] == "fp16" else stage["precision"])
     several = isinstance(raw["evaluation"]["teacher_steps"], list) and len(raw["evaluation"]["teacher_steps"]) > 1
     raw["evaluation"].update(samples_per_class=2, teacher_steps=[2, 3] if several else 2, batch_size=64, features="digits-classifier",
-                             reference=None, fd_dinov2=False, array_tasks=1)
+                             reference=None, fd_dinov2=False, array_tasks=1, during_training=[1] if over_training else [])
     raw["sweep"] = _smoke_sweep(raw["sweep"], raw["network"]["name"])
     try:
         return Recipe.model_validate(raw)

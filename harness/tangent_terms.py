@@ -117,7 +117,7 @@ def figure(frame, title: str):
 
 
 def write(recipe: Recipe, runs_root: Path, results_root: Path, samples: int = SAMPLES) -> list[Path]:
-    from .plots import _save
+    from .plots import save_figure
 
     frame = measure(recipe, runs_root, samples)
     out = Path(results_root) / recipe.name
@@ -125,6 +125,6 @@ def write(recipe: Recipe, runs_root: Path, results_root: Path, samples: int = SA
     fig = figure(frame, recipe.name)
     paths = [out / "tangent_terms.csv"]
     for suffix in (".png", ".pdf"):
-        _save(fig, out / f"tangent_terms{suffix}")
+        save_figure(fig, out / f"tangent_terms{suffix}")
         paths.append(out / f"tangent_terms{suffix}")
     return paths

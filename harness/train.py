@@ -117,14 +117,14 @@ def _ema(net, config, batch_size):
 class TrainState:
     """Everything the next training step depends on; a checkpoint is exactly this, so resume is exact."""
 
-    def __init__(self, recipe: Recipe, stage, net, weight):
+    def __init__(self, seed: int, stage, net, weight):
         import torch
 
         self.net, self.weight = net, weight
         self.optimizer = _optimizer(list(net.parameters()) + list(weight.parameters()), stage.optimizer)
         self.ema = _ema(net, stage.ema, stage.batch_size)
-        self.data_rng = torch.Generator().manual_seed(recipe.seed + 1)
-        self.noise_rng = torch.Generator(device=net_device(net)).manual_seed(recipe.seed + 2)  # t and z
+        self.data_rng = torch.Generator().manual_seed(seed + 1)
+        self.noise_rng = torch.Generator(device=net_device(net)).manual_seed(seed + 2)  # t and z
         self.step, self.elapsed, self.history = 0, 0.0, []
         self.skipped = []  # steps passed over for a non-finite term (on_nonfinite: skip): {"step", "term"}
         # fp16 needs loss scaling (its range ends at 65504); bf16 has fp32's range
@@ -193,7 +193,7 @@ def _accumulate_gradients(method, stage, recipe, state: TrainState, data, teache
     share = B // ranks.world_size
     micro = stage.micro_batch or share
     if ranks.world_size > 1:  # dropout masks come from torch's own RNG: independent per rank, the same on resume
-        torch.manual_seed((recipe.seed << 40) + (state.step << 12) + ranks.rank)
+        torch.manual_seed((recipe.stage_seed(method) << 40) + (state.step << 12) + ranks.rank)
     state.optimizer.zero_grad(set_to_none=True)
     totals, bad = {}, None
     for start in range(ranks.rank * share, (ranks.rank + 1) * share, micro):
@@ -248,18 +248,19 @@ def build_training(job: dict):
     (method, stage, data, state, teacher or None, tangent settings)."""
     import torch
     from scm import TangentSettings
-    from scm.weighting import AdaptiveWeight
+    from scm.weighting import AdaptiveWeight, UniformWeight
     from .data import load_data
 
     recipe, method, run_dir = Recipe.model_validate(job["recipe"]), job["method"], Path(job["run_dir"])
     stage = recipe.stage(method)
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.stage_seed(method))
     data = load_data(recipe.data).to(device())
     net = build_model(recipe, data.shape, data.num_classes, stage, method).train()
     if job.get("init"):  # sCT and sCD start from the teacher's EMA weights (Sec. 5)
         _load_teacher_weights(net, store.load_checkpoint(job["init"])["ema"])
     teacher = load_ema_network(recipe, job["init"], data.shape, data.num_classes) if method == "scd" else None
-    state = TrainState(recipe, stage, net.to(device()), AdaptiveWeight().to(device()))
+    weight = AdaptiveWeight() if stage.adaptive_weighting else UniformWeight()
+    state = TrainState(recipe.stage_seed(method), stage, net.to(device()), weight.to(device()))
     saved = store.newest_checkpoint(run_dir)  # damaged ones are passed over, with a warning naming them
     if saved:
         state.load_state_dict(saved[1])

@@ -1,4 +1,5 @@
-"""The adaptive weight w(t) (EDM2-style: embedding of t -> linear -> 1), learned jointly with the network."""
+"""The adaptive weight w(t) (EDM2-style: embedding of t -> linear -> 1), learned jointly with the network; and the
+uniform weight w = 0 that an ablation puts in its place."""
 import torch
 from torch import nn
 
@@ -18,3 +19,10 @@ class AdaptiveWeight(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.linear.weight.dtype)  # w(t) is computed in the module's own precision
         return self.linear(self.embed(t)).squeeze(1)
+
+
+class UniformWeight(nn.Module):
+    """w(t) = 0: the loss is the plain mean squared error at every t (sCM Fig. 5, without adaptive weighting)."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(t)

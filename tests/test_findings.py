@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from harness.tangent_terms import df_dt_terms
@@ -101,3 +102,95 @@ def test_the_discrete_grid_moves_t_up_to_its_step():
     t, t_prev = snap_to_grid(torch.tensor([0.0, 0.001, 0.5, 1.0, 1.57]), 4, 1.6)
     torch.testing.assert_close(t, torch.tensor([0.4, 0.4, 0.8, 1.2, 1.6]))
     torch.testing.assert_close(t_prev, torch.tensor([0.0, 0.0, 0.4, 0.8, 1.2]))
+
+
+# ---------------------------------------------------------------- Fig. 5 ablations: their switches and curves
+
+def test_without_adaptive_weighting_the_loss_is_the_plain_mse():
+    """L = e^w / D ||F - F- - g||^2 - w: a learned constant w = b gives e^b L_uniform - b, so UniformWeight is w = 0."""
+    from scm import consistency_loss
+    from scm.weighting import AdaptiveWeight, UniformWeight
+
+    net = _random_net(seed=1).double()
+    x0, labels = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4])
+    shifted = AdaptiveWeight().double()
+    with torch.no_grad():
+        shifted.linear.bias.fill_(0.7)
+    losses = [consistency_loss(net, weight, x0, labels, 3, -1.0, 1.4, generator=torch.Generator().manual_seed(5))[0]
+              for weight in (UniformWeight(), shifted)]
+    assert list(UniformWeight().parameters()) == []
+    torch.testing.assert_close(losses[1], math.exp(0.7) * losses[0] - 0.7, rtol=1e-12, atol=1e-12)
+
+
+def _ablation_recipe(tmp_path, sct_steps: int, during: list[int], sweep: dict | None = None):
+    import yaml
+    from harness.recipe import load_recipe
+    from test_harness import tiny_recipe
+
+    raw = yaml.safe_load(tiny_recipe(tmp_path / f"r{sct_steps}").read_text())
+    raw["stages"].pop("scd")
+    raw["stages"]["sct"].update(steps=sct_steps, checkpoint_every=2)
+    raw["evaluation"]["during_training"] = during
+    raw["sweep"] = sweep or {}
+    path = tmp_path / f"r{sct_steps}" / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_recipe(path)
+
+
+class _Quiet:
+    def update(self, name, info):
+        pass
+
+
+def test_fid_over_training_and_student_seeds(tmp_path):
+    """A 4-step student evaluated at step 2 (evaluation.during_training) gives exactly the rows of the same student
+    trained for 2 steps; students' own seeds share one teacher, seed 0 given explicitly equals the default, seed 1
+    differs; the report's tables keep final rows and its curve has every seed's point."""
+    from harness.launch import run_recipe
+    from harness.report import write_report
+
+    runs = tmp_path / "runs"
+    seeds = {"seed": [{"label": "default"}, {"label": "0", "stages.sct.seed": 0}, {"label": "1", "stages.sct.seed": 1}]}
+    long = run_recipe(_ablation_recipe(tmp_path, 4, [2], seeds), runs, "debug", _Quiet())
+    short = run_recipe(_ablation_recipe(tmp_path, 2, []), runs, "debug", _Quiet())
+    assert len(list((runs / "tiny").glob("teacher-*"))) == 1  # one teacher for every student
+    student = lambda rows, variant, step: {(r["nfe"], r["metric"]): r["value"] for r in rows  # noqa: E731
+                                           if r["method"] == "sct" and r["variant"] == variant
+                                           and r["checkpoint_step"] == step}
+    at_2, final = student(long, "seed=default", 2), student(short, "", 2)
+    assert at_2 and at_2.keys() == final.keys()  # the same network, samples and features (FID: sqrtm's rounding)
+    assert all(at_2[key] == pytest.approx(final[key], rel=1e-7) for key in at_2)
+    assert all(r["intermediate"] == (r["checkpoint_step"] == 2) for r in long if r["method"] == "sct")
+    explicit, default = student(long, "seed=0", 4), student(long, "seed=default", 4)
+    assert all(explicit[key] == pytest.approx(default[key], rel=1e-7) for key in default)
+    assert student(long, "seed=1", 4)[(1, "fid")] != student(long, "seed=default", 4)[(1, "fid")]
+    assert {r["seed"] for r in long if r["method"] == "sct"} == {0, 1}
+    recipe = _ablation_recipe(tmp_path, 4, [2], seeds)
+    table = write_report(recipe, runs, tmp_path / "results")
+    assert set(table.n[table.method == "sct"]) == {3}  # one setting, three seeds, final rows only
+    curve = pd.read_csv(tmp_path / "results" / "tiny" / "fid_over_training.csv")
+    assert sorted(curve.checkpoint_step.unique()) == [2, 4] and set(curve.n) == {3} and set(curve.runs) == {3}
+    assert (tmp_path / "results" / "tiny" / "fid_over_training.png").stat().st_size > 10_000
+
+
+def test_fid_over_training_counts_diverged_runs():
+    from harness.report import _normalized
+    from harness.training_curves import curve_points, diverged_counts
+
+    rows = []
+    for ablation, fates in (("all", [False, False, False]), ("none", [False, True, True])):
+        for seed, diverged in enumerate(fates):
+            job = f"sct-{ablation}-{seed}"
+            for step in (50, 100):
+                if diverged and step == 50:
+                    continue  # a diverged run has its diverged rows only
+                rows.append({"job": job, "variant": f"ablation={ablation},seed={seed}", "method": "sct", "nfe": 1,
+                             "metric": "fid", "seed": seed, "checkpoint_step": step, "diverged": diverged,
+                             "intermediate": step == 50, "value": math.nan if diverged else 10.0 * seed + step})
+    frame = _normalized(rows).assign(source="ours")
+    counts = diverged_counts(frame).set_index("setting")
+    assert counts.loc["ablation=all", "runs"] == 3 and counts.loc["ablation=all", "diverged"] == 0
+    assert counts.loc["ablation=none", "runs"] == 3 and counts.loc["ablation=none", "diverged"] == 2
+    points = curve_points(frame).set_index(["setting", "checkpoint_step"])
+    assert points.loc[("ablation=all", 50), "fid"] == 60.0 and points.loc[("ablation=all", 50), "n"] == 3
+    assert points.loc[("ablation=none", 100), "fid"] == 100.0 and points.loc[("ablation=none", 100), "n"] == 1

@@ -1,5 +1,6 @@
 """`--smoke`: every shipped recipe runs end to end at toy scale on the CPU (all stages and sweep variants)."""
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,15 +56,21 @@ def test_smoke_keeps_what_matters_and_shrinks_what_costs():
 def test_every_recipe_runs_as_a_smoke_test(tmp_path, name):
     recipe = smoke_recipe(load_recipe(ROOT / "recipes" / name))
     rows = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
-    assert len([r for r in rows if r["metric"] == "fid"]) == _expected_rows(recipe)
+    final = [r for r in rows if r["metric"] == "fid" and not r["intermediate"]]
+    assert len(final) == _expected_rows(recipe)
+    during = [r for r in rows if r["metric"] == "fid" and r["intermediate"]]  # FID over training: students at step 1
+    assert len(during) == sum(r["method"] != "teacher" for r in final) * len(recipe.evaluation.during_training)
+    assert all(r["checkpoint_step"] == 1 and r["method"] != "teacher" for r in during)
     assert all(math.isfinite(r["value"]) for r in rows) and all(r["value"] >= 0 for r in rows if r["metric"] == "fid")
     assert {r["variant"] for r in rows} == {v.variant for v in expand_sweep(recipe)} or not recipe.sweep
     for job in expand_jobs(recipe, tmp_path / "runs"):
         assert (Path(job["run_dir"]) / "checkpoints" / "step-00000002.pt").is_file()
     table = write_report(recipe, tmp_path / "runs", tmp_path / "results")  # every variant's rows reach the table
-    assert table is not None and len(table) >= _expected_rows(recipe)
+    settings = {(re.sub(r"(^|,)seed=[^,]*", "", r["variant"]), r["method"], r["nfe"], r["guidance"]) for r in final}
+    assert table is not None and len(table) >= len(settings)  # seeds of a setting are one row
     if "size" in recipe.sweep and recipe.stages.sct is not None:  # a size sweep gets its Fig. 6-style plot
         assert (tmp_path / "results" / recipe.name / "fid_vs_size.png").is_file()
+    assert (tmp_path / "results" / recipe.name / "fid_over_training.png").is_file() == bool(during)
 
 
 def test_smoke_run_and_report_from_the_command_line(tmp_path):
