@@ -81,6 +81,12 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
     columns = [TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[it_s]:.1f} it/s"),
                TimeElapsedColumn(), TextColumn("{task.fields[state]}")]
+    import signal
+
+    def terminated(signum, frame):  # kill or a batch system's stop: stop the local jobs as Ctrl-C does
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, terminated)
     try:
         with Progress(*columns, console=console) as progress:
             rows = run_recipe(spec, runs_dir, kind, ProgressView(progress), wait=wait or kind != "slurm")
@@ -90,13 +96,17 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
         typer.echo("interrupted: jobs stopped (training saves its step); run the same command again to resume",
                    err=True)
         raise typer.Exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     flags = " --smoke" if smoke else ""
     if kind == "slurm" and not wait:
         console.print(f"submitted; follow with: scm-bench status {recipe}{flags}")
         return
     for job, message in sorted({(r["job"], r.get("diverged_message", "")) for r in rows if r.get("diverged")}):
         console.print(f"[bold yellow]diverged[/]: {job}: {message} (its rows are marked diverged in the report)")
-    console.print(f"{len(rows)} metrics rows in {runs_dir / spec.name}; next: scm-bench report {recipe}{flags}")
+    during = sum(bool(r.get("intermediate")) for r in rows)
+    console.print(f"{len(rows)} metrics rows" + (f" ({during} at checkpoints during training)" if during else "") +
+                  f" in {runs_dir / spec.name}; next: scm-bench report {recipe}{flags}")
 
 
 @app.command()

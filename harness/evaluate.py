@@ -65,11 +65,12 @@ def latent_decoder(recipe: Recipe):
     return load_vae(recipe.data.vae)
 
 
-def evaluation_key(recipe: Recipe) -> str:
-    """Names the evaluation settings; metrics made under other settings are stale."""
-    # shards and ranks change how the work is split, never a sample (per-sample seeds)
-    return config_hash(recipe.evaluation.model_dump(exclude={"shard_size", "ranks", "array_tasks"},
-                                                    exclude_defaults=True), recipe.seed)
+def evaluation_key(recipe: Recipe, method: str) -> str:
+    """Names the evaluation settings of a method's job; metrics made under other settings are stale."""
+    # shards and ranks change how the work is split, never a sample (per-sample seeds); only students are
+    # evaluated during training
+    split = {"shard_size", "ranks", "array_tasks"} | ({"during_training"} if method == "teacher" else set())
+    return config_hash(recipe.evaluation.model_dump(exclude=split, exclude_defaults=True), recipe.seed)
 
 
 def sample_settings(recipe: Recipe, method: str) -> list[tuple[str, int, float]]:
@@ -123,6 +124,8 @@ def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, ext
     for start, end in shards[task * ranks.world_size + ranks.rank::tasks * ranks.world_size]:
         if all(_shard_file(folder, prefix, start, end).is_file() for prefix in extractors):
             continue
+        # every run of a recipe samples from the recipe's seeds, whatever its training seed: runs that differ in
+        # training only are compared on the same noise (common random numbers)
         images = generate(net, setting, range(start, end), labels, data.shape, recipe.seed, recipe.sigma_data,
                           ev.batch_size)
         pixels = pixels_of(images, recipe, vae)
@@ -142,12 +145,10 @@ def shard_features(net, recipe: Recipe, data, labels, setting, folder: Path, ext
     return feats, classes
 
 
-def _setting(net, setting: tuple[str, int, float]):
+def _setting(setting: tuple[str, int, float], takes_guidance: bool) -> Setting:
     """The Setting to sample with: the guidance scale goes to a student that takes it, or to the teacher's CFG."""
-    from .generate import Setting
-
     sampler, steps, guidance = setting
-    told = sampler == "consistency" and getattr(net, "takes_guidance", False)
+    told = sampler == "consistency" and takes_guidance
     return Setting(sampler, steps, guidance if (told or sampler != "consistency") else 1.0, told)
 
 
@@ -157,7 +158,7 @@ def _evaluate_setting(net, recipe, data, labels, setting, samples: Path, extract
     accuracy); a grid of fixed samples. Long rows."""
     from .generate import generate
 
-    setting = _setting(net, setting)
+    setting = _setting(setting, getattr(net, "takes_guidance", False))
     folder = samples / setting.name
     start = time.time()
     feats, classes = shard_features(net, recipe, data, labels, setting, folder, extractors, vae, ranks, classifier)
@@ -198,7 +199,7 @@ def code_version() -> str:
 
 def _metrics_key(job: dict, checkpoint: str | None) -> dict:
     """What the rows were made from: the checkpoint (its size and time) or, for a diverged job, its record."""
-    evaluation = evaluation_key(Recipe.model_validate(job["recipe"]))
+    evaluation = evaluation_key(Recipe.model_validate(job["recipe"]), job["method"])
     if checkpoint is None:
         return {"checkpoint": None, "evaluation": evaluation, "diverged": diverged_record(Path(job["run_dir"]))}
     stat = Path(checkpoint).stat()
@@ -229,14 +230,18 @@ def diverged_rows(job: dict) -> list[dict]:
                "intermediate": False, "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
                "diverged_message": record["message"]}
     rows = []
-    for sampler, steps, guidance in sample_settings(recipe, method):
-        setting = Setting(sampler, steps, guidance if (sampler != "consistency" or recipe.network.guidance_input)
-                          else 1.0, sampler == "consistency" and recipe.network.guidance_input and method == "scd")
-        rows += [{**context, "sampler": sampler, "nfe": setting.nfe(recipe.data.class_conditional),
-                  "guidance": setting.guidance, "num_samples": 0, "metric": metric, "value": float("nan")}
+    for setting in sample_settings(recipe, method):
+        setting = _setting(setting, recipe.network.guidance_input and method == "scd")
+        rows += [{**context, "sampler": setting.sampler, "nfe": setting.nfe(recipe.data.class_conditional),
+                  "guidance": _reported_guidance(recipe, method, setting.guidance), "num_samples": 0, "metric": metric, "value": float("nan")}
                  for metric in metrics]
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, None), "rows": rows})
     return rows
+
+
+def _reported_guidance(recipe: Recipe, method: str, guidance: float):
+    """An sCD student without a guidance input samples at the CFG scale it was distilled at: rows say that one."""
+    return recipe.stages.scd.guidance if method == "scd" and not recipe.network.guidance_input else guidance
 
 
 def model_size(recipe: Recipe, job: dict) -> str | None:
@@ -301,14 +306,29 @@ def generate_part(job: dict, part: tuple[int, int]) -> list:
     from .train import device
 
     torch.set_num_threads(job["threads"])
-    recipe, data, _, net, labels = _evaluation_inputs(job)
+    recipe, data, state, net, labels = _evaluation_inputs(job)
     classifier = load_digits_classifier() if recipe.data.name == "digits" and data.num_classes else None
     extractors, vae, ranks = _extractors(recipe, device()), latent_decoder(recipe), init_ranks()
-    for setting in sample_settings(recipe, job["method"]):
-        setting = _setting(net, setting)
-        shard_features(net, recipe, data, labels, setting, Path(job["run_dir"]) / "samples" / setting.name,
-                       extractors, vae, ranks, classifier, part)
+    for _, _, net, samples in _evaluated_networks(job, recipe, data, job["checkpoint"], state, net):
+        for setting in sample_settings(recipe, job["method"]):
+            setting = _setting(setting, getattr(net, "takes_guidance", False))
+            shard_features(net, recipe, data, labels, setting, samples / setting.name, extractors, vae, ranks,
+                           classifier, part)
     return []
+
+
+def _evaluated_networks(job: dict, recipe: Recipe, data, checkpoint: str, state: dict, net):
+    """(checkpoint, state, EMA network, samples folder) of the final checkpoint (state and net given), then for
+    students those of each evaluation.during_training step (FID over training), loaded one at a time."""
+    from .train import load_ema_network
+
+    run_dir = Path(job["run_dir"])
+    yield Path(checkpoint), state, net, run_dir / "samples"
+    for step in recipe.evaluation.during_training if job["method"] != "teacher" else ():
+        path = store.checkpoint_path(run_dir, step)
+        earlier = store.load_checkpoint(path)
+        yield (path, earlier, load_ema_network(recipe, path, data.shape, data.num_classes, earlier, job["method"]),
+               run_dir / "samples" / f"step-{step:07d}")
 
 
 def _checkpoint_rows(job: dict, recipe: Recipe, data, labels, checkpoint: Path, state: dict, net, samples: Path,
@@ -327,9 +347,7 @@ def _checkpoint_rows(job: dict, recipe: Recipe, data, labels, checkpoint: Path, 
     references = {prefix: _reference_context(refs[prefix], extractors[prefix]) for prefix in extractors}
     rows = [{**context, **references["dinov2" if row["metric"] == "fd_dinov2" else "features"], **row}
             for row in rows]
-    if job["method"] == "scd" and not recipe.network.guidance_input:  # it samples at the scale it was distilled at
-        rows = [{**row, "guidance": recipe.stages.scd.guidance} for row in rows]
-    return rows
+    return [{**row, "guidance": _reported_guidance(recipe, job["method"], row["guidance"])} for row in rows]
 
 
 def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
@@ -338,10 +356,10 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
     import torch
     from .classifier import load_digits_classifier
     from .distributed import init_ranks
-    from .train import device, load_ema_network
+    from .train import device
 
     torch.set_num_threads(job["threads"])
-    method, run_dir = job["method"], Path(job["run_dir"])
+    run_dir = Path(job["run_dir"])
     cached = finished_rows(job, checkpoint)
     if cached is not None:
         return cached
@@ -358,13 +376,9 @@ def evaluate_stage(job: dict, checkpoint: str) -> list[dict]:
                                          "" if prefix == "features" else "_dinov2")
             for prefix, extractor in extractors.items()} if ranks.is_main else None
     tools = (extractors, classifier, refs, vae, ranks)
-    rows = _checkpoint_rows(job, recipe, data, labels, Path(checkpoint), state, net, run_dir / "samples", tools)
-    for step in recipe.evaluation.during_training if method != "teacher" else ():  # FID over training
-        path = store.checkpoint_path(run_dir, step)
-        earlier = store.load_checkpoint(path)
-        rows += _checkpoint_rows(job, recipe, data, labels, path, earlier,
-                                 load_ema_network(recipe, path, data.shape, data.num_classes, earlier, method),
-                                 run_dir / "samples" / f"step-{step:07d}", tools)
+    rows = []
+    for path, state, net, samples in _evaluated_networks(job, recipe, data, checkpoint, state, net):
+        rows += _checkpoint_rows(job, recipe, data, labels, path, state, net, samples, tools)
     if not ranks.is_main:
         return []
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, checkpoint), "rows": rows})

@@ -49,11 +49,14 @@ def plan_jobs(recipe: Recipe, runs_root: Path) -> dict[str, dict]:
 
 def expand_jobs(recipe: Recipe, runs_root: Path) -> list[dict]:
     """Every training job of every sweep variant, each once (variants may share a teacher), teachers first."""
-    unique = {}
+    from .evaluate import evaluation_key
+
+    unique, keys = {}, {}
     for variant in expand_sweep(recipe):
         for job in plan_jobs(variant, runs_root).values():
             first = unique.setdefault(job["id"], job)
-            if first["recipe"]["evaluation"] != job["recipe"]["evaluation"]:
+            key = evaluation_key(variant, job["method"])
+            if keys.setdefault(job["id"], key) != key:
                 raise RecipeError(f"{recipe.name}: sweep variants {first['variant']} and {job['variant']} share the "
                                   f"{job['method']} job but evaluate it differently; a sweep must change training "
                                   "settings (evaluation lists such as student_guidance give several rows per job)")
@@ -158,6 +161,23 @@ def _submit_array(jobs: list[dict], kind: str, executor: str, resources: Resourc
     for job, handle in zip(jobs, handles):
         _record(job, kind, handle, executor)
     return handles
+
+
+def _submit_wave(jobs: list[dict], kind: str, executor: str, resources: ResourcesConfig, after: list[str],
+                 folder: Path, handles: dict) -> list[tuple[str, dict, object]]:
+    """Submit these jobs' `kind` work (on Slurm, following any that are still queued from an earlier run instead);
+    record each handle under (kind, job id); return (kind, job, handle) for each."""
+    on_slurm = executor == "slurm"
+    queued = {_key(kind, job): _still_queued(job, kind) for job in jobs} if on_slurm else {}
+    fresh = [job for job in jobs if queued.get(_key(kind, job)) is None]
+    new = dict(zip((_key(kind, job) for job in fresh),
+                   _submit_array(fresh, kind, executor, resources, after, folder) if fresh else []))
+    wave = []
+    for job in jobs:
+        handle = queued.get(_key(kind, job)) or new[_key(kind, job)]
+        handles.setdefault((kind, job["id"]), []).append(handle)
+        wave.append((kind, job, handle))
+    return wave
 
 
 def _submit(job: dict, executor: str, resources: ResourcesConfig | None = None, kind: str = "train"):
@@ -284,8 +304,8 @@ def _pending(kind: str, jobs: list[dict], rows: dict) -> list[dict]:
 def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wait: bool = True) -> list[dict]:
     """Submit every stage of every variant and (with `wait`) return every metrics row, in recipe order.
 
-    Local and debug executors run stage after stage on this machine (each a share of its cores); on Slurm every
-    array is submitted at once and dependencies order them."""
+    Local and debug executors run stage after stage on this machine, a stage's jobs in waves of one per core; on
+    Slurm every array is submitted at once and dependencies order them."""
     preflight(recipe, runs_root)
     store.ensure_writable(Path(runs_root) / recipe.name)
     jobs = expand_jobs(recipe, runs_root)
@@ -301,27 +321,28 @@ def run_recipe(recipe: Recipe, runs_root: Path, executor: str, progress_view, wa
         for job in pending:
             resources = (evaluation_resources(job) if kind != "train"
                          else ResourcesConfig.model_validate(job["resources"]))
-            job["threads"] = resources.cpus_per_task if on_slurm else max(1, cores // (len(pending) * resources.tasks))
             by_resources.setdefault(resources.model_dump_json(), (resources, []))[1].append(job)
-        this_stage = []
         for resources, members in by_resources.values():
             needs = ({("train", job["id"]) for job in members} if kind != "train" else
                      {("train", job["teacher"]) for job in members if "teacher" in job})
             if kind == "evaluate":
                 needs |= {("generate", job["id"]) for job in members}
             after = sorted({str(handle.job_id) for need in needs for handle in handles.get(need, [])})
-            folder = Path(runs_root) / recipe.name / "logs"
-            queued = {_key(kind, job): _still_queued(job, kind) for job in members} if on_slurm else {}
-            fresh = [job for job in members if queued.get(_key(kind, job)) is None]
-            new = dict(zip((_key(kind, job) for job in fresh),
-                           _submit_array(fresh, kind, executor, resources, after, folder) if fresh else []))
+            # no scheduler here: the stage's jobs run in waves of one per core (more would only fight over the
+            # cores and the memory), each wave to its end before the next, jobs of a method together (so a wave's
+            # jobs take about as long); on Slurm everything is submitted now
+            per_wave = len(members) if on_slurm else max(1, cores // resources.tasks)
+            if not on_slurm:
+                members.sort(key=lambda job: job["method"])
             for job in members:
-                handle = queued.get(_key(kind, job)) or new[_key(kind, job)]
-                handles.setdefault((kind, job["id"]), []).append(handle)
-                this_stage.append((kind, job, handle))
-        submitted += this_stage
-        if not on_slurm and this_stage:  # no scheduler here: finish this stage before the next starts
-            _wait(this_stage, progress_view)
+                job["threads"] = (resources.cpus_per_task if on_slurm else
+                                  max(1, cores // (min(len(members), per_wave) * resources.tasks)))
+            for first in range(0, len(members), per_wave):
+                this_wave = _submit_wave(members[first:first + per_wave], kind, executor, resources, after,
+                                         Path(runs_root) / recipe.name / "logs", handles)
+                submitted += this_wave
+                if not on_slurm:
+                    _wait(this_wave, progress_view)
     if not wait:
         return []
     results = _wait(submitted, progress_view) if on_slurm else {

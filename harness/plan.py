@@ -220,7 +220,8 @@ def evaluation_nfe(recipe: Recipe, method: str, num_classes: int) -> int:
     ev = recipe.evaluation
     if method != "teacher":
         told = recipe.network.guidance_input and method == "scd"  # one sampling pass per scale told
-        return sum(ev.consistency_nfe) * (len(ev.student_guidance) if told else 1)
+        checkpoints = 1 + len(ev.during_training)  # FID over training samples each of those checkpoints too
+        return sum(ev.consistency_nfe) * (len(ev.student_guidance) if told else 1) * checkpoints
     nfe = sum(2 * n - 1 if ev.teacher_sampler == "dpm-solver-2s" else n for n in ev.teacher_step_list)
     return nfe * (2 if ev.guidance > 1.0 and num_classes else 1)  # CFG: conditional + unconditional
 

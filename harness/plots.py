@@ -104,6 +104,11 @@ def finish_figure(fig, axes, title: str, wspace: float) -> None:
     fig.suptitle(title, y=1 - 0.1 / height, va="top")
 
 
+def _key(curves: pd.DataFrame) -> str:
+    """How to tell the sources apart, where the paper's points are drawn."""
+    return " (filled: ours, hollow: paper)" if len(curves) and (curves.source == "paper").any() else ""
+
+
 def _size_ticks(ax, positions: dict, params: dict) -> None:
     ax.set_xticks(list(positions.values()),
                   [f"{s}\n{params[s]:.0f}M" if s in params else s for s in positions])
@@ -147,7 +152,7 @@ def scaling_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
     log_axis(ax_fid.yaxis)
     ax_ratio.axhline(1.0, color="0.5", linewidth=0.8)
     ax_ratio.set(ylabel="FID / teacher FID", title="FID relative to the teacher")
-    finish_figure(fig, (ax_fid, ax_ratio), f"{title}: FID against model size (filled: ours, hollow: paper)", wspace=0.25)
+    finish_figure(fig, (ax_fid, ax_ratio), f"{title}: FID against model size{_key(paper)}", wspace=0.25)
     return fig
 
 
@@ -167,7 +172,8 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         here = curves[curves["size"] == size]
         for (method, source, setting), line in here.groupby(["method", "source", "setting"], sort=False):
             line = line.sort_values("nfe")
-            linestyle = "none" if method == "teacher" else METHOD_LINES.get(method, "-.")
+            # the teacher is usually one point (its solver budget); sampled at several NFEs, a dotted line
+            linestyle = METHOD_LINES.get(method, "-.") if method != "teacher" or len(line) > 1 else "none"
             _curve(ax, line, line.nfe, "fid", _line(styles[method], linestyle, source),
                    _label(source, setting, method))
         nfes = sorted(set(here.nfe))
@@ -178,7 +184,7 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame, title: str):
         log_axis(ax.yaxis)
         ax.grid(True, which="both", linewidth=0.3, color="0.8")
     axes[0].set_ylabel("FID (log scale)")
-    finish_figure(fig, axes, f"{title}: FID against NFE (filled: ours, hollow: paper)", wspace=0.08)
+    finish_figure(fig, axes, f"{title}: FID against NFE{_key(curves)}", wspace=0.08)
     return fig
 
 

@@ -157,7 +157,8 @@ class StageConfig(Strict):
     max_skipped_steps: int = Field(100, ge=0)
     tangent: TangentConfig = TangentConfig()  # sCT / sCD only
     adaptive_weighting: bool = True  # learn w(t) (Alg. 1); false: w = 0, every t weighted equally (Fig. 5 ablation)
-    # this stage's training seed (default: the recipe's): a sweep over it repeats students of one teacher
+    # this stage's training seed (default: the recipe's): a sweep over it repeats students of one teacher; a seed
+    # given explicitly is part of the job id even where it equals the recipe's (a separate, identical run)
     seed: int | None = Field(None, ge=0)
     guidance: float | tuple[float, float] = 1.0  # sCD: the teacher's CFG scale, or a range [lo, hi] drawn per sample
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the losses (forward, JVP); fp16 scales grads
@@ -217,6 +218,13 @@ class EvaluationConfig(Strict):
     @property
     def teacher_step_list(self) -> list[int]:
         return self.teacher_steps if isinstance(self.teacher_steps, list) else [self.teacher_steps]
+
+    @field_validator("during_training")
+    @classmethod
+    def _distinct_steps(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("during_training lists a step twice; give each checkpoint step once, e.g. [100, 200]")
+        return sorted(v)
 
     @field_validator("consistency_nfe")
     @classmethod

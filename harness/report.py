@@ -50,7 +50,7 @@ def _melt_wide(frame: pd.DataFrame) -> pd.DataFrame:
     return long.dropna(subset=["value"])
 
 
-def _normalized(rows: list[dict]) -> pd.DataFrame:
+def rows_frame(rows: list[dict]) -> pd.DataFrame:
     """A frame of metrics rows with every column the report reads (absent fields take their defaults)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -69,7 +69,7 @@ def load_rows(paths) -> pd.DataFrame:
     rows = []
     for path in paths:
         rows += (store.read_json(path) or {}).get("rows", [])
-    return _normalized(rows)
+    return rows_frame(rows)
 
 
 def gather(recipe: Recipe, runs_root: Path) -> pd.DataFrame:
@@ -83,10 +83,10 @@ def gather(recipe: Recipe, runs_root: Path) -> pd.DataFrame:
     rows = []
     for job in expand_jobs(recipe, runs_root):
         metrics = store.read_json(Path(job["run_dir"]) / "metrics.json")
-        current = evaluation_key(Recipe.model_validate(job["recipe"]))  # a sweep variant may evaluate differently
+        current = evaluation_key(Recipe.model_validate(job["recipe"]), job["method"])  # variants may differ
         if metrics and metrics.get("key", {}).get("evaluation") == current:
             rows += metrics["rows"]
-    return _normalized(rows)
+    return rows_frame(rows)
 
 
 def compare_recipe(name: str, smoke: bool = False) -> tuple[str, Recipe]:

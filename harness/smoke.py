@@ -17,7 +17,8 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_RESOLUTION, SMOKE_CLASSES = 2, 4, 16, 10
 # what a smoke run fixes: sweep entries that set these are dropped (a size sweep still sweeps sizes)
 FIXED = ("data", "resources", "executor", "network.channels", "network.blocks_per_level",
          "evaluation.samples_per_class", "evaluation.teacher_steps", "evaluation.batch_size",
-         "evaluation.features", "evaluation.reference", "evaluation.fd_dinov2", "evaluation.array_tasks")
+         "evaluation.features", "evaluation.reference", "evaluation.fd_dinov2", "evaluation.array_tasks",
+         "evaluation.during_training")
 FIXED_STAGE_FIELDS = ("steps", "batch_size", "checkpoint_every", "resources")  # micro_batch: shrunk below
 SHRUNK_NETWORKS = ("unet-edm2", "ddpmpp")  # narrowed to 32 channels; toy networks keep their width
 

@@ -7,35 +7,41 @@ import pandas as pd
 
 from . import store
 from .plots import EXTRA_STYLES, LABELS, finish_figure, log_axis, new_figure, save_figure
-from .report import OURS, setting_label
+from .report import OURS, SETTING, setting_label
 
-SETTING_STYLES = [("o", "#0072B2"), ("^", "#D55E00"), *EXTRA_STYLES]  # one marker and colour per setting
-CURVE = ["source", "setting", "method", "nfe"]
+SETTING_STYLES = [("o", "#0072B2"), ("^", "#D55E00"), *EXTRA_STYLES]  # one marker and colour per curve
+RUNS = ["source", "setting", "method", "size"]  # what a run is counted under
 
 
 def curve_points(frame: pd.DataFrame) -> pd.DataFrame:
-    """One point per (source, setting, method, NFE, checkpoint step) of the healthy student runs: FID mean, std and
-    n over seeds; empty unless some rows are intermediate."""
+    """One point per report setting (source, setting, method, size, sampler, NFE, guidance) and checkpoint step of
+    the healthy student runs: FID mean, std and n over seeds; empty unless some rows are intermediate."""
     if frame.empty or not frame.intermediate.any():
         return pd.DataFrame()
     fid = frame[(frame.metric == "fid") & (frame.method != "teacher") & ~frame.diverged]
     fid = fid.assign(setting=setting_label(fid))
-    grouped = fid.groupby([*CURVE, "checkpoint_step"], sort=False).value
+    grouped = fid.groupby([*SETTING, "checkpoint_step"], sort=False).value
     return grouped.agg(fid="mean", fid_std="std", n="count").reset_index()
 
 
 def diverged_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (source, setting, method): runs (jobs) and how many of them diverged."""
+    """Per (source, setting, method, size): runs (jobs) and how many of them diverged."""
     students = frame[(frame.method != "teacher") & ~frame.intermediate]
     students = students.assign(setting=setting_label(students))
-    jobs = students.drop_duplicates("job")
-    return jobs.groupby(["source", "setting", "method"], sort=False).agg(
+    jobs = students.drop_duplicates(["source", "job"])
+    return jobs.groupby(RUNS, sort=False).agg(
         runs=("job", "count"), diverged=("diverged", "sum")).reset_index()
 
 
+def _name(source: str, setting: str, size: str, guidance: float | None = None) -> str:
+    name = " ".join(part for part in (setting or "default", size) if part)
+    name += "" if guidance is None else f" guidance {guidance:g}"
+    return name + ("" if source == OURS else f" ({source})")
+
+
 def _panel_text(counts: pd.DataFrame) -> str:
-    lines = [f"{(s if s else 'default')}: {d}/{r}" for s, d, r in zip(counts.setting, counts.diverged, counts.runs)
-             if d]
+    lines = [f"{_name(src, s, z)}: {d}/{r}" for src, s, z, d, r in
+             zip(counts.source, counts.setting, counts["size"], counts.diverged, counts.runs) if d]
     return "diverged runs\n" + "\n".join(lines) if lines else "no run diverged"
 
 
@@ -45,14 +51,16 @@ def training_curves_figure(points: pd.DataFrame, counts: pd.DataFrame, title: st
     panels = [(m, n) for m in methods for n in sorted(set(points.nfe[points.method == m]))]
     fig = new_figure(3.4 * len(panels))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    settings = list(dict.fromkeys(points.setting))
-    styles = {s: SETTING_STYLES[i % len(SETTING_STYLES)] for i, s in enumerate(settings)}
+    several_scales = points.guidance.nunique() > 1
+    curves = list(dict.fromkeys(zip(points.setting, points["size"])))
+    styles = {curve: SETTING_STYLES[i % len(SETTING_STYLES)] for i, curve in enumerate(curves)}
     for ax, (method, nfe) in zip(axes, panels):
         here = points[(points.method == method) & (points.nfe == nfe)]
-        for (source, setting), line in here.groupby(["source", "setting"], sort=False):
+        for (source, setting, size, guidance), line in here.groupby(["source", "setting", "size", "guidance"],
+                                                                    sort=False):
             line = line.sort_values("checkpoint_step")
-            marker, color = styles[setting]
-            label = (setting or "default") + ("" if source == OURS else f" ({source})")
+            marker, color = styles[(setting, size)]
+            label = _name(source, setting, size, guidance if several_scales else None)
             ax.errorbar(line.checkpoint_step, line.fid, yerr=line.fid_std.fillna(0), label=label, marker=marker,
                         color=color, markersize=5, capsize=2, fillstyle="full" if source == OURS else "left")
         ax.text(0.03, 0.03, _panel_text(counts[counts.method == method]), transform=ax.transAxes, fontsize="x-small",
@@ -78,6 +86,6 @@ def write_training_curves(frame: pd.DataFrame, out: Path, title: str) -> list[Pa
     fig = training_curves_figure(points, counts, title)
     save_figure(fig, paths[0])
     save_figure(fig, paths[1])
-    table = points.merge(counts, on=["source", "setting", "method"], how="outer")
+    table = points.merge(counts, on=RUNS, how="outer")
     store.write_bytes_atomic(paths[2], table.to_csv(index=False, float_format="%.4f").encode())
     return paths[:2]

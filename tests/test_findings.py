@@ -174,7 +174,7 @@ def test_fid_over_training_and_student_seeds(tmp_path):
 
 
 def test_fid_over_training_counts_diverged_runs():
-    from harness.report import _normalized
+    from harness.report import rows_frame
     from harness.training_curves import curve_points, diverged_counts
 
     rows = []
@@ -187,7 +187,12 @@ def test_fid_over_training_counts_diverged_runs():
                 rows.append({"job": job, "variant": f"ablation={ablation},seed={seed}", "method": "sct", "nfe": 1,
                              "metric": "fid", "seed": seed, "checkpoint_step": step, "diverged": diverged,
                              "intermediate": step == 50, "value": math.nan if diverged else 10.0 * seed + step})
-    frame = _normalized(rows).assign(source="ours")
+    other_size = [{**row, "job": row["job"] + "-w8", "size": "w8", "value": row["value"] + 1000} for row in rows
+                  if row["variant"].startswith("ablation=all")]
+    frame = rows_frame(rows + other_size).assign(source="ours")
+    sizes = curve_points(frame).groupby("size").fid.max()
+    assert sizes["w8"] > 1000 > sizes[""]  # another size is another curve, never averaged in
+    frame = frame[frame["size"] == ""]
     counts = diverged_counts(frame).set_index("setting")
     assert counts.loc["ablation=all", "runs"] == 3 and counts.loc["ablation=all", "diverged"] == 0
     assert counts.loc["ablation=none", "runs"] == 3 and counts.loc["ablation=none", "diverged"] == 2

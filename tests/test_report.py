@@ -61,7 +61,7 @@ def write_runs(recipe: Recipe, runs: Path, fid_of=our_fid, method_name=None, edi
     for job in expand_jobs(recipe, runs):
         variant = Recipe.model_validate(job["recipe"])
         rows = setting_rows(variant, job, fid_of, method_name if job["method"] != "teacher" else None)
-        key = edit(job, rows, evaluation_key(variant))
+        key = edit(job, rows, evaluation_key(variant, job["method"]))
         store.write_json(Path(job["run_dir"]) / "metrics.json", {"key": {"evaluation": key}, "rows": rows})
 
 

@@ -332,3 +332,29 @@ def test_nothing_is_loaded_in_a_way_that_can_run_code():
         for pattern, what in unsafe.items():
             found += [f"{path.name}: {what}" for _ in re.finditer(pattern, text)]
     assert not found, found
+
+
+def test_sigterm_to_the_launcher_stops_its_local_jobs_with_a_checkpoint(tmp_path):
+    """`scm-bench run` killed politely (SIGTERM, as `kill` or a batch system sends): exit 130 and the message, its
+    local training job stopped too (not orphaned) with a checkpoint at its step, from which a rerun resumes."""
+    path = tiny_recipe(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"]["teacher"].update(steps=5000, checkpoint_every=5000)
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "harness.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    progress = next(iter((tmp_path / "runs" / "tiny").glob("teacher-*")), None)
+    deadline = time.time() + 120
+    while progress is None or (store.read_json(progress / "progress.json", {}) or {}).get("step", 0) < 5:
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
+        time.sleep(0.5)
+        progress = next(iter((tmp_path / "runs" / "tiny").glob("teacher-*")), None)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130 and "run the same command again to resume" in err
+    state = store.read_json(progress / "progress.json")
+    assert state["state"] == "stopped" and state["step"] >= 5
+    assert store.checkpoint_complete(store.checkpoint_path(progress, state["step"]))
+    running = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True).stdout
+    assert running.strip() == "", f"jobs left running: {running}"
