@@ -69,13 +69,13 @@ def _curves(points: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def log_axis(axis) -> None:
-    """Plain numbers (2, 3, 10) on a log axis instead of 2 x 10^0; minor ticks at 2, 3 and 5 only (ticks are most
-    of the drawing time)."""
-    from matplotlib.ticker import LogFormatter, LogLocator
+    """Plain numbers on a log axis, each labelled: 1, 2, 3, 5 times a power of ten (2, 3, 5, 10, 20, ...), not
+    2 x 10^0; no other ticks (ticks are most of the drawing time)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-    axis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    axis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_locator(NullLocator())
 
 
 def _curve(ax, points: pd.DataFrame, x, y: str, kwargs: dict, label: str) -> None:
