@@ -111,7 +111,8 @@ def _key(curves: pd.DataFrame) -> str:
 
 def _size_ticks(ax, positions: dict, params: dict) -> None:
     ax.set_xticks(list(positions.values()),
-                  [f"{s}\n{params[s]:.0f}M" if s in params else s for s in positions])
+                  [f"{s}\n{params[s]:.0f}M" if params.get(s, 0) >= 10 else f"{s}\n{params[s]:.2g}M" if s in params
+                   else s for s in positions])  # toy networks: 0.32M, not 0M
     ax.set_xlim(-0.4, len(positions) - 0.6)
 
 

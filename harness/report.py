@@ -3,6 +3,7 @@
 results/<recipe>/ gets table.md, table.csv, table.tex, the sample grids (samples/) and Fig. 6-like plots
 (harness/plots.py). Seeds of one setting are averaged (mean, std, n); diverged runs are marked, never averaged.
 """
+import re
 import shutil
 from pathlib import Path
 
@@ -186,12 +187,18 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     a --compare source right below ours."""
     sizes = {size: i for i, size in enumerate(("", *SIZES))}
     sources = {source: i for i, source in enumerate(pd.unique(table.source))}
-    keys = table.assign(_size=table["size"].map(sizes).fillna(len(sizes)),
+    params = table.groupby("size").params_m.max()  # other sizes (a width sweep) go smallest network first
+    keys = table.assign(_size=table["size"].map(sizes).fillna(len(sizes)), _params=table["size"].map(params),
                         _method=table.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)),
                         _source=table.source.map(sources))
-    keys = keys.sort_values(["setting", "_size", "size", "_method", "method", "nfe", "guidance", "_source"],
-                            kind="stable")
-    return keys.drop(columns=["_size", "_method", "_source"]).reset_index(drop=True)
+    keys = keys.sort_values(["setting", "_size", "_params", "size", "_method", "method", "nfe", "guidance", "_source"],
+                            kind="stable", key=lambda column: column.map(_natural) if column.name == "setting" else column)
+    return keys.drop(columns=["_size", "_params", "_method", "_source"]).reset_index(drop=True)
+
+
+def _natural(setting: str) -> str:
+    """Numbers zero-padded, so settings sort 16 < 64 < 256 < 1024 (and None after them)."""
+    return re.sub(r"\d+", lambda number: number.group().zfill(12), setting)
 
 
 def compile_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -364,6 +371,7 @@ def report_from_rows(frame: pd.DataFrame, recipe_name: str, results_root: Path,
                      baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """Everything write_report does after gathering: tables, grids and plots of these rows under results/<name>/."""
     from .plots import write_plots
+    from .sweep_plot import write_sweep_plot
     from .training_curves import write_training_curves
 
     paper = paper_rows(recipe_name, load_baselines() if baselines is None else baselines)
@@ -373,7 +381,8 @@ def report_from_rows(frame: pd.DataFrame, recipe_name: str, results_root: Path,
     table = compile_table(long)
     out = Path(results_root) / recipe_name
     table["grid"] = copy_grids(table, out)  # the copy, relative to results/<recipe>/
-    plots = write_plots(table, paper, out, recipe_name) + write_training_curves(curves, out, recipe_name)
+    plots = (write_plots(table, paper, out, recipe_name) + write_sweep_plot(table, out, recipe_name)
+             + write_training_curves(curves, out, recipe_name))
     shown = display_table(table)
     unmatched = unmatched_paper_rows(paper, long)
     store.write_bytes_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f").encode())

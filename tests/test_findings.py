@@ -199,3 +199,23 @@ def test_fid_over_training_counts_diverged_runs():
     points = curve_points(frame).set_index(["setting", "checkpoint_step"])
     assert points.loc[("ablation=all", 50), "fid"] == 60.0 and points.loc[("ablation=all", 50), "n"] == 3
     assert points.loc[("ablation=none", 100), "fid"] == 100.0 and points.loc[("ablation=none", 100), "n"] == 1
+
+
+def test_a_numeric_sweep_axis_is_read_for_its_plot(tmp_path):
+    """fid_vs_sweep: one `axis=number` per student setting (null = unset, drawn as a line); other sweeps get none."""
+    from harness.sweep_plot import swept_values, write_sweep_plot
+
+    def table(settings):
+        return pd.DataFrame({"setting": settings, "method": "sct", "nfe": 1, "fid": range(10, 10 + len(settings))})
+
+    axis, values = swept_values(table(["stages.sct.discrete_steps=16", "stages.sct.discrete_steps=None",
+                                       "stages.sct.discrete_steps=1024"]))
+    assert axis == "stages.sct.discrete_steps" and values.tolist()[0::2] == [16, 1024] and math.isnan(values.iloc[1])
+    assert swept_values(table(["ablation=clipping", "ablation=none"])) is None  # not numbers
+    assert swept_values(table(["a=1,seed=0", "a=2,seed=0"])) is None  # two axes
+    assert swept_values(table(["a=1", "a=None"])) is None  # one value: no line to draw
+    assert write_sweep_plot(table(["n=16", "n=64", "n=None"]), tmp_path, "t") == [tmp_path / "fid_vs_sweep.png",
+                                                                                  tmp_path / "fid_vs_sweep.pdf"]
+    assert (tmp_path / "fid_vs_sweep.png").stat().st_size > 10_000
+    assert write_sweep_plot(table(["ablation=x", "ablation=y"]), tmp_path, "t") == []
+    assert not (tmp_path / "fid_vs_sweep.png").exists()  # a stale figure is removed
