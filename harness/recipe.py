@@ -1,16 +1,14 @@
-"""The recipe schema: YAML in, validated settings out, with errors that name the file and the field."""
+"""The recipe schema: a recipe file (read by recipe_yaml) in, validated settings out, with errors that name the file
+and the field."""
 import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message is one line naming the file, the field and the fix."""
+from .recipe_yaml import RecipeError, apply_overrides, parse_yaml
 
 
 class Strict(BaseModel):
@@ -358,103 +356,6 @@ def _first_error(e: ValidationError) -> str:
     errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return _describe(errors[0]) + more
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (plain values only, no tags that build objects) that also refuses a key given twice, which
-    plain YAML would let the last one win silently."""
-
-
-def _mapping_without_duplicates(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
-                                                    key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def parse_yaml(text: str, where: str):
-    """Safe YAML (as yaml.safe_load, plus no duplicate keys), with errors that give the line and a fix."""
-    loader = _RecipeLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as e:
-        line = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
-        problem = e.problem or str(e).splitlines()[0]
-        if "!!python" in problem or "constructor for the tag" in problem:
-            fix = "tags such as !!python/... are refused; use plain numbers, strings, lists and mappings"
-        elif "\\t" in problem or "\t" in problem:
-            fix = "use spaces to indent, not tabs"
-        elif "twice" in problem:
-            fix = "remove the duplicate"
-        else:
-            fix = "check the syntax there (indent with spaces; quote values that contain ': ' or ' #')"
-        raise RecipeError(f"{where}: not valid YAML{line}: {problem}; {fix}") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: not valid YAML ({str(e).splitlines()[0]}); check its syntax") from None
-    finally:
-        loader.dispose()
-
-
-def set_dotted(raw: dict, key: str, value, where: str) -> None:
-    """raw["a"]["b"]["c"] = value for key "a.b.c", making the mappings on the way."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for depth, part in enumerate(parents):
-        if node.get(part) is None:  # absent or null (an optional section left out): start it
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping; set that key itself, "
-                              f"e.g. --set {'.'.join(parents[:depth + 1])}=VALUE")
-    node[leaf] = value
-
-
-def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
-    """`--set stages.teacher.steps=500`: dotted key, YAML value (so 1e-4, [1, 2] and true parse as such)."""
-    given = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise RecipeError(f"{path}: --set {item!r}: expected key=value with a dotted key, "
-                              "e.g. --set stages.teacher.steps=500")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise RecipeError(f"{path}: --set {item!r}: the value is not valid YAML; quote it, "
-                              f"e.g. --set '{key}=\"{text}\"'") from None
-        if key in given and given[key] != value:
-            raise RecipeError(f"{path}: --set {key} is given twice ({given[key]!r} and {value!r}); give it once")
-        clash = next((k for k in _swept_keys(raw.get("sweep")) if _overlaps(key, k)), None)
-        if clash is not None:
-            raise RecipeError(f"{path}: --set {key} conflicts with the recipe's sweep, which sets {clash} in every "
-                              f"variant; remove the --set, or change the sweep itself (--set sweep...)")
-        given[key] = value
-        set_dotted(raw, key, value, f"{path}: --set {item!r}")
-    return raw
-
-
-def _swept_keys(sweep) -> list[str]:
-    """The dotted keys a sweep sets: plain axes name their key, named axes the keys of their entries."""
-    if not isinstance(sweep, dict):
-        return []
-    keys = []
-    for axis, values in sweep.items():
-        entries = [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
-        keys += sorted({k for entry in entries for k in entry if k != "label"}) if entries else [str(axis)]
-    return [k for k in keys if k != "method"]  # the method axis picks a student; its settings stay settable
-
-
-def _overlaps(key: str, swept: str) -> bool:
-    if key.startswith("sweep.") or key == "sweep":
-        return False
-    return key == swept or key.startswith(swept + ".") or swept.startswith(key + ".")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -15,7 +15,8 @@ import itertools
 
 from pydantic import ValidationError
 
-from .recipe import Recipe, RecipeError, _first_error, set_dotted
+from .recipe import Recipe, RecipeError, _first_error
+from .recipe_yaml import set_dotted
 
 STUDENTS = ("sct", "scd")
 
