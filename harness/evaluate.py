@@ -227,13 +227,14 @@ def diverged_rows(job: dict) -> list[dict]:
                "teacher_job": job.get("teacher", run_dir.name), "method": method, "size": model_size(recipe, job),
                "seed": recipe.stage_seed(method), "checkpoint_step": record["step"], "features": ev.features,
                "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "intermediate": False, "diverged": True, "diverged_step": record["step"], "diverged_term": record["term"],
-               "diverged_message": record["message"]}
+               "intermediate": False, "diverged": True, "diverged_step": record["step"],
+               "diverged_term": record["term"], "diverged_message": record["message"]}
     rows = []
     for setting in sample_settings(recipe, method):
         setting = _setting(setting, recipe.network.guidance_input and method == "scd")
         rows += [{**context, "sampler": setting.sampler, "nfe": setting.nfe(recipe.data.class_conditional),
-                  "guidance": _reported_guidance(recipe, method, setting.guidance), "num_samples": 0, "metric": metric, "value": float("nan")}
+                  "guidance": _reported_guidance(recipe, method, setting.guidance), "num_samples": 0,
+                  "metric": metric, "value": float("nan")}
                  for metric in metrics]
     store.write_json(run_dir / "metrics.json", {"key": _metrics_key(job, None), "rows": rows})
     return rows

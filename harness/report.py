@@ -191,8 +191,9 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     keys = table.assign(_size=table["size"].map(sizes).fillna(len(sizes)), _params=table["size"].map(params),
                         _method=table.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)),
                         _source=table.source.map(sources))
-    keys = keys.sort_values(["setting", "_size", "_params", "size", "_method", "method", "nfe", "guidance", "_source"],
-                            kind="stable", key=lambda column: column.map(_natural) if column.name == "setting" else column)
+    keys = keys.sort_values(["setting", "_size", "_params", "size", "_method", "method", "nfe", "guidance",
+                             "_source"], kind="stable",
+                            key=lambda column: column.map(_natural) if column.name == "setting" else column)
     return keys.drop(columns=["_size", "_params", "_method", "_source"]).reset_index(drop=True)
 
 
