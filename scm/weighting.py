@@ -26,3 +26,8 @@ class UniformWeight(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t)
+
+
+def loss_weight(adaptive: bool) -> nn.Module:
+    """w(t) of a loss: learned (adaptive weighting) or w = 0."""
+    return AdaptiveWeight() if adaptive else UniformWeight()

@@ -1,0 +1,137 @@
+"""The evaluation worker: a finished training job sampled at every setting of its method's sampling block
+(per-sample seeds, sharded, resumable), measured in the recipe's feature space (FID, KID, FD_DINOv2 where asked,
+class accuracy on the digits), with a sample grid per setting; and the generation-array task that makes a share of
+the shards beforehand. Metrics rows are long: one per (checkpoint, setting, metric)."""
+import time
+from pathlib import Path
+
+import torch
+
+from .. import store
+from ..compute import Ranks, device, init_ranks, read_network
+from ..data import load_data
+from ..evaluation.classifier import load_digits_classifier
+from ..evaluation.features import build_dinov2_extractor, build_extractor
+from ..evaluation.generate import generate
+from ..evaluation.images import grid_indices, latent_decoder, pixels_of, write_grid
+from ..evaluation.metrics import feature_statistics, frechet_distance, kernel_distance
+from ..evaluation.reference import reference_statistics
+from ..evaluation.shards import Sampler, shard_features
+from ..recipe import EvalJob
+from .rows import checkpoint_context, finished_rows, job_context, write_rows
+
+
+def _extractors(job: EvalJob) -> dict:
+    """{shard file prefix: Extractor}: FID's features, and DINOv2's where FD_DINOv2 is asked for."""
+    ev = job.evaluation
+    extractors = {"features": build_extractor(ev.features, ev.fid_mode, device())}
+    if ev.fd_dinov2:
+        extractors["dinov2"] = build_dinov2_extractor(ev.dinov2_repo, device())
+    return extractors
+
+
+class _Inputs:
+    """What every checkpoint of an evaluation is sampled with: its data, labels and tools."""
+
+    def __init__(self, job: EvalJob):
+        self.job, self.method = job, job.train.method()
+        self.data = load_data(job.train.data)
+        num_classes = self.data.num_classes
+        self.labels = (torch.arange(num_classes).repeat_interleave(job.evaluation.samples_per_class)
+                       if num_classes else None)
+        self.count = len(self.labels) if self.labels is not None else job.evaluation.samples_per_class
+        self.extractors, self.vae = _extractors(job), latent_decoder(job.train.data)
+        digits = job.train.data.name == "digits" and num_classes
+        self.classifier = load_digits_classifier() if digits else None
+
+    def checkpoints(self):
+        """(checkpoint, state, EMA network, samples folder): the final checkpoint first, then each step of FID over
+        training, loaded one at a time."""
+        train = self.job.train
+        for step in [train.steps, *self.job.during_training]:
+            path = store.checkpoint_path(train.path, step)
+            state = store.load_checkpoint(path)
+            net = read_network(train, train, self.data.shape, self.data.num_classes, state)
+            folder = self.job.path / "samples" / ("" if step == train.steps else f"step-{step:07d}")
+            yield path, state, net, folder
+
+    def sampler(self, net) -> Sampler:
+        return Sampler(self.method, net, self.data.shape, self.labels, self.job.sample_seed,
+                       self.job.evaluation.batch_size, self.extractors, self.vae, self.classifier)
+
+
+def generate_part(job: EvalJob, part: tuple[int, int], threads: int) -> list:
+    """One task of a generation array: this part's shards of every setting, features saved; no metrics."""
+    torch.set_num_threads(threads)
+    inputs, ranks = _Inputs(job), init_ranks()
+    for _, _, net, samples in inputs.checkpoints():
+        for setting in inputs.method.sample_settings(job.sampling):
+            shard_features(inputs.sampler(net), setting, samples / setting.name, inputs.count,
+                           job.evaluation.shard_size, ranks, part)
+    return []
+
+
+def _metrics(feats: dict, classes, labels, refs: dict) -> dict:
+    ref = refs["features"]
+    metrics = {"fid": frechet_distance(*feature_statistics(feats["features"]), ref["mu"], ref["sigma"])}
+    if ref.get("feats") is not None:
+        metrics["kid"] = kernel_distance(feats["features"], ref["feats"])
+    if "dinov2" in feats:
+        metrics["fd_dinov2"] = frechet_distance(*feature_statistics(feats["dinov2"]), refs["dinov2"]["mu"],
+                                                refs["dinov2"]["sigma"])
+    if classes is not None:
+        metrics["class_accuracy"] = float((classes == labels.numpy()).mean())
+    return metrics
+
+
+def _setting_rows(inputs: _Inputs, net, setting, samples: Path, refs: dict, ranks: Ranks) -> list[dict]:
+    """Features of every sample of one setting (shards under samples/SETTING) -> its metrics; a grid of fixed
+    samples. Empty off rank 0."""
+    job, start = inputs.job, time.time()
+    sampler = inputs.sampler(net)
+    feats, classes = shard_features(sampler, setting, samples / setting.name, inputs.count, job.evaluation.shard_size,
+                                    ranks)
+    if not ranks.is_main:
+        return []
+    sample_seconds = time.time() - start
+    indices, rows, cols = grid_indices(job.evaluation.samples_per_class, inputs.data.num_classes, inputs.count)
+    grid = samples / f"grid-{setting.name}.png"
+    shown = generate(inputs.method, net, setting, indices, inputs.labels, inputs.data.shape, job.sample_seed)
+    write_grid(pixels_of(shown, inputs.method.sigma_data, inputs.vae), grid, rows, cols)
+    common = {"sampler": setting.sampler, "nfe": setting.nfe(inputs.labels is not None),
+              "guidance": setting.guidance, "num_samples": len(feats["features"]), "sample_seconds": sample_seconds,
+              "grid": str(grid.resolve())}
+    references = {prefix: _reference_context(refs[prefix], inputs.extractors[prefix]) for prefix in refs}
+    return [{**common, **references["dinov2" if name == "fd_dinov2" else "features"], "metric": name, "value": value}
+            for name, value in _metrics(feats, classes, inputs.labels, refs).items()]
+
+
+def _reference_context(ref: dict, extractor) -> dict:
+    return {"reference": ref["source"], "reference_hash": ref["hash"], "reference_count": ref["count"],
+            "real_vs_real_half_fid": ref["real_vs_real_half_fid"], "features": extractor.name}
+
+
+def evaluate(job: EvalJob, threads: int) -> list[dict]:
+    """Metrics rows of a trained job (cached in the evaluation's metrics.json for that checkpoint). In a multi-task
+    job every rank generates its shards; rank 0 computes the metrics and writes the rows."""
+    torch.set_num_threads(threads)
+    cached = finished_rows(job)
+    if cached is not None:
+        return cached
+    ranks = init_ranks()
+    if ranks.is_main:
+        store.write_json(job.path / "progress.json", {"state": "evaluating"})
+    inputs = _Inputs(job)
+    refs = {prefix: reference_statistics(job, inputs.data, Path(job.reference_cache), extractor, inputs.vae,
+                                         "" if prefix == "features" else "_dinov2")
+            for prefix, extractor in inputs.extractors.items()} if ranks.is_main else {}
+    rows, context = [], job_context(job)
+    for path, state, net, samples in inputs.checkpoints():
+        here = checkpoint_context(job, state, path, net)
+        for setting in inputs.method.sample_settings(job.sampling):
+            rows += [{**context, **here, **row} for row in _setting_rows(inputs, net, setting, samples, refs, ranks)]
+    if not ranks.is_main:
+        return []
+    write_rows(job, rows)
+    store.write_json(job.path / "progress.json", {"state": "done"})
+    return rows

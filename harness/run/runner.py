@@ -1,0 +1,25 @@
+"""`scm-bench run`: a recipe planned, checked, recorded in its run manifest, then run."""
+from pathlib import Path
+
+from .. import store
+from ..recipe import Plan, Recipe, check_owner, plan_jobs, write_manifest
+from .launch import run_plan
+from .preflight import preflight
+
+
+def prepare_run(recipe: Recipe, source: Path, runs_root: Path) -> Plan:
+    """The plan, after every check that needs no writing: the recipe's name is its own, the data and the files
+    the evaluation needs are here, no job's folder holds another network's checkpoints."""
+    check_owner(runs_root, recipe.name, source)
+    plan = plan_jobs(recipe, runs_root)
+    preflight(plan)
+    return plan
+
+
+def run_recipe(recipe: Recipe, source: Path, runs_root: Path, executor: str, progress_view, stop=None,
+               overrides: list[str] = (), wait: bool = True) -> list[dict]:
+    """Plan, check, write the manifest (runs/NAME/run.json) and run; every metrics row (with `wait`)."""
+    plan = prepare_run(recipe, source, runs_root)
+    store.ensure_writable(Path(runs_root) / recipe.name)
+    write_manifest(runs_root, source, plan, list(overrides), recipe.smoke, executor)
+    return run_plan(plan, executor, Path(runs_root) / recipe.name / "logs", progress_view, stop, wait)
