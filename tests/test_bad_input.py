@@ -81,16 +81,21 @@ class Submitted(BaseException):
 @pytest.fixture
 def no_submission(monkeypatch):
     import submitit.core.core
-    from harness import launch
+    from harness.run import launch, runner, submission
 
     def refuse(*args, **kwargs):
         what = ""
-        if len(args) >= 2 and isinstance(args[0], list) and isinstance(args[1], str):  # _submit_array(jobs, kind, ...)
-            what = f": {args[1]} of {', '.join(str(job.get('id')) for job in args[0])}"
+        if args and isinstance(args[0], list):  # submit_array(tasks, ...)
+            what = ": " + ", ".join(f"{task.kind} of {task.job.id}" for task in args[0])
         raise Submitted(f"tried to submit{what}")
 
+    def no_manifest(*args, **kwargs):
+        raise Submitted("tried to write the run manifest")
+
     monkeypatch.setattr(submitit.core.core.Executor, "submit", refuse)
-    monkeypatch.setattr(launch, "_submit_array", refuse, raising=False)  # before it writes job.json
+    monkeypatch.setattr(submission, "submit_array", refuse)  # before it writes job.json
+    monkeypatch.setattr(launch, "submit_array", refuse)
+    monkeypatch.setattr(runner, "write_manifest", no_manifest)
 
 
 def snapshot(folder: Path) -> set[str]:
@@ -187,16 +192,16 @@ def test_checkpoint_of_another_network(step, tmp_path, monkeypatch, no_submissio
     """The teacher job's folder already holds a checkpoint written for another network (a resume point, or the
     final one that sCT / sCD would start from): refused before anything is submitted, naming the file."""
     import torch
-    from harness.launch import plan_jobs
-    from harness.recipe import load_recipe
+    from harness.recipe import load_recipe, plan_jobs
 
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "digits.yaml"
-    run_dir = Path(plan_jobs(load_recipe(recipe), tmp_path / "runs")["teacher"]["run_dir"])
-    checkpoint = run_dir / "checkpoints" / f"step-{step:08d}.pt"
+    teacher = next(job for job in plan_jobs(load_recipe(recipe), tmp_path / "runs").train if job.stage == "teacher")
+    checkpoint = teacher.path / "checkpoints" / f"step-{step:08d}.pt"
     checkpoint.parent.mkdir(parents=True)
     foreign = {"foo.weight": torch.zeros(3)}
-    torch.save({"step": step, "net": foreign, "ema": dict(foreign)}, checkpoint)
+    torch.save({"step": step, "sampled": "net", "networks": {"net": foreign}, "ema": {"net": dict(foreign)}},
+               checkpoint)
     placed = snapshot(tmp_path)
     run_in_process(tmp_path, recipe, expect=[checkpoint.name], allowed=placed)
     assert snapshot(tmp_path) == placed

@@ -8,23 +8,7 @@ import pytest
 import yaml
 
 from harness.recipe import RecipeError, load_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_recipe(tmp_path: Path, **changes) -> Path:
-    recipe = yaml.safe_load((ROOT / "recipes" / "digits.yaml").read_text())
-    recipe["name"] = "tiny"
-    recipe["network"]["channels"] = 16
-    for stage in recipe["stages"].values():
-        stage.update(steps=6, batch_size=32, checkpoint_every=4)
-    recipe["evaluation"].update(samples_per_class=8, teacher_steps=4)
-    for key, value in changes.items():
-        recipe[key] = value
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+from helpers import ROOT, evaluation_of, stage_job, tiny_recipe  # noqa: F401 - ROOT, tiny_recipe: used by others
 
 
 def test_shipped_recipes_validate():
@@ -33,18 +17,31 @@ def test_shipped_recipes_validate():
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda r: r["stages"]["teacher"].update(stpes=10), "stages.teacher.stpes: unknown field"),
+    (lambda r: r["stages"]["teacher"].update(stpes=10), "stages.teacher.stpes: unknown field (did you mean steps?)"),
     (lambda r: r.update(netwrok={}), "netwrok: unknown field"),
     (lambda r: r["stages"]["teacher"].update(batch_size=0), "stages.teacher.batch_size"),
     (lambda r: r["network"].update(name="resnet"), "network.name"),
     (lambda r: r.update(name="../escape"), "name"),
-    (lambda r: r["evaluation"].update(consistency_nfe=[0]), "evaluation.consistency_nfe"),
+    (lambda r: r["stages"]["sct"]["sampling"].update(steps=[0]), "stages.sct.sampling.steps"),
     (lambda r: r["network"].update(channels=50), "attention heads"),
     (lambda r: r["network"].update(size="S"), "network.size and network.modulation apply to unet-edm2"),
     (lambda r: r["network"].update(c_noise="sigma"), "network.c_noise"),
     (lambda r: r["stages"]["sct"]["tangent"].update(jvp_method="forward-ad"), "stages.sct.tangent.jvp_method"),
-    (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["evaluation"].update(guidance=1.5)),
-     "needs a teacher trained with label dropout"),
+    (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["stages"]["teacher"]["sampling"].update(
+        guidance=1.5)), "stages.teacher.sampling.guidance: classifier-free guidance 1.5 needs a network trained with "
+                        "label dropout"),
+    (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["stages"]["scd"].update(guidance=1.5)),
+     "stages.scd: classifier-free guidance 1.5 of its teacher needs a teacher trained with label dropout"),
+    (lambda r: r["stages"]["scd"].pop("teacher"), "stages.scd.teacher: method scd reads a teacher but none is given"),
+    (lambda r: r["stages"]["sct"].update(teacher="teacher"), "stages.sct.teacher: method sct does not read a teacher"),
+    (lambda r: r["stages"]["sct"].update(init="teachr"), "stages.sct.init: 'teachr' is not a stage of this recipe"),
+    (lambda r: r["stages"]["teacher"].update(init="sct"), "stages: teacher -> sct -> teacher: init and teacher "
+                                                          "references form a cycle"),
+    (lambda r: r["stages"]["sct"].update(method="dmd"), "stages.sct.method: 'dmd' is not a known method"),
+    (lambda r: r["stages"]["teacher"].update(tangent={"warmup_steps": 0}), "stages.teacher.tangent: unknown field"),
+    (lambda r: r["stages"]["sct"]["sampling"].update(guidance=[1.5]),
+     "stages.sct.sampling: guidance [1.5]: sct does not take the guidance scale as an input"),
+    (lambda r: r["stages"].update({"a/b": r["stages"].pop("scd")}), "stage name 'a/b'"),
 ])
 def test_bad_recipe_names_the_field(tmp_path, edit, expected):
     recipe = yaml.safe_load((ROOT / "recipes" / "digits.yaml").read_text())
@@ -66,17 +63,14 @@ def test_paper_networks_train_from_a_recipe(tmp_path, network):
     """The registry's paper networks build from recipe fields and train; EDM2's weights are renormalized after
     each optimizer step (forced weight normalization), never inside forward."""
     import torch
-    from harness.launch import plan_jobs
-    from harness.train import train_stage
+    from harness.run.train import train_stage
 
-    recipe = load_recipe(tiny_recipe(tmp_path, network=network))
-    job = plan_jobs(recipe, tmp_path / "runs")["teacher"]
-    job.update(threads=1)
-    job["recipe"]["stages"]["teacher"].update(steps=3, batch_size=8)
-    state = torch.load(train_stage(job), weights_only=True)
+    job = stage_job(tiny_recipe(tmp_path, network=network), tmp_path / "runs", "teacher",
+                    ["stages.teacher.steps=3", "stages.teacher.batch_size=8"])
+    state = torch.load(train_stage(job, threads=1), weights_only=True)
     assert state["step"] == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in state["history"])
     if network["name"] == "unet-edm2":
-        weights = [v for k, v in state["net"].items() if k.endswith("weight") and v.dim() >= 2]
+        weights = [v for k, v in state["networks"]["net"].items() if k.endswith("weight") and v.dim() >= 2]
         rms = torch.stack([w.flatten(1).square().mean(1).sqrt().mean() for w in weights])
         torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
 
@@ -86,18 +80,14 @@ def test_half_precision_stages_train(tmp_path, precision):
     """Autocast around the losses (forward, the tangent pass, sCD's teacher); fp16 with loss scaling, whose state is
     checkpointed. A few steps of teacher then sCD stay finite."""
     import torch
-    from harness import store
-    from harness.launch import plan_jobs
-    from harness.train import train_stage
+    from harness.run.train import train_stage
 
-    recipe = load_recipe(tiny_recipe(tmp_path))
-    jobs = plan_jobs(recipe, tmp_path / "runs")
-    for method in ("teacher", "scd"):
-        job = jobs[method]
-        job.update(threads=1, **({"init": str(store.checkpoint_path(Path(jobs["teacher"]["run_dir"]), 3))}
-                                 if method == "scd" else {}))
-        job["recipe"]["stages"][method].update(steps=3, batch_size=8, precision=precision)
-        state = torch.load(train_stage(job), weights_only=True)
+    path = tiny_recipe(tmp_path)
+    overrides = [f"stages.{stage}.{key}" for stage in ("teacher", "scd")
+                 for key in ("steps=3", "batch_size=8", f"precision={precision}")]
+    for stage in ("teacher", "scd"):
+        state = torch.load(train_stage(stage_job(path, tmp_path / "runs", stage, overrides), threads=1),
+                           weights_only=True)
         assert state["step"] == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in state["history"])
         assert bool(state["scaler"]) == (precision == "fp16")
 
@@ -131,8 +121,10 @@ def test_bench_jvp_command_runs_and_writes_every_case(tmp_path):
 def test_set_overrides_fields_and_names_bad_ones(tmp_path):
     path = ROOT / "recipes" / "digits.yaml"
     recipe = load_recipe(path, ["stages.teacher.steps=7", "stages.sct.optimizer.lr=5e-5",
-                                "network.attn_resolutions=[2, 4]", "resources.partition=gpu"])
-    assert recipe.stages.teacher.steps == 7 and recipe.stages.sct.optimizer.lr == 5e-5
+                                "network.attn_resolutions=[2, 4]", "resources.partition=gpu",
+                                "stages.sct.tangent.warmup_steps=3"])
+    assert recipe.stages["teacher"].steps == 7 and recipe.stages["sct"].optimizer.lr == 5e-5
+    assert recipe.stages["sct"].settings.tangent.warmup_steps == 3
     assert recipe.network.attn_resolutions == [2, 4] and recipe.resources.partition == "gpu"
     for bad, expected in [("stages.teacher.stpes=3", "stages.teacher.stpes: unknown field"),
                           ("steps", "expected key=value"), ("seed.x=1", "seed is not a mapping"),
@@ -168,76 +160,70 @@ def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
 def test_short_digits_training_lowers_loss(tmp_path):
     """A real teacher run on the digits: the loss falls and stays finite; the final checkpoint exists."""
     import torch
-    from harness.launch import plan_jobs
-    from harness.train import train_stage
+    from harness.run.train import train_stage
 
-    recipe = load_recipe(tiny_recipe(tmp_path))
-    job = plan_jobs(recipe, tmp_path / "runs")["teacher"]
-    job["threads"] = 2
-    recipe_dict = job["recipe"]
-    recipe_dict["stages"]["teacher"].update(steps=150, batch_size=64, checkpoint_every=50)
-    checkpoint = train_stage(job)
-    history = torch.load(checkpoint, weights_only=True)["history"]
+    job = stage_job(tiny_recipe(tmp_path), tmp_path / "runs", "teacher",
+                    ["stages.teacher.steps=150", "stages.teacher.batch_size=64", "stages.teacher.checkpoint_every=50"])
+    history = torch.load(train_stage(job, threads=2), weights_only=True)["history"]
     losses = [h["mse"] for h in history]
     assert all(map(lambda v: v == v and abs(v) < 1e6, losses))
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
 
 
+class Quiet:
+    def update(self, name, info):
+        pass
+
+
 def test_pipeline_end_to_end_and_resume(tmp_path):
-    """teacher -> sCT, sCD -> evaluation -> report; a second run reuses every finished job."""
-    from harness.launch import run_recipe
-    from harness.report import write_report
+    """teacher -> sCT, sCD -> evaluation -> report; a second run reuses every finished job; the report reads
+    exactly what the run's manifest lists."""
+    from harness.recipe import read_manifest
+    from harness.report.report import write_report
+    from harness.run.runner import run_recipe
+    from harness.run.status import job_rows
 
-    class Quiet:
-        def update(self, name, info):
-            pass
-
-    recipe = load_recipe(tiny_recipe(tmp_path))
-    rows = run_recipe(recipe, tmp_path / "runs", "local", Quiet())
-    assert sorted((r["method"], r["nfe"]) for r in rows if r["metric"] == "fid") == [("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2),
-                                                            ("teacher", 7)]
+    path = tiny_recipe(tmp_path)
+    recipe = load_recipe(path)
+    rows = run_recipe(recipe, path, tmp_path / "runs", "local", Quiet())
+    assert sorted((r["stage"], r["method"], r["nfe"]) for r in rows if r["metric"] == "fid") == [
+        ("scd", "scd", 1), ("scd", "scd", 2), ("sct", "sct", 1), ("sct", "sct", 2), ("teacher", "diffusion", 7)]
     values = {metric: [r["value"] for r in rows if r["metric"] == metric] for metric in ("fid", "kid", "class_accuracy")}
     assert all(len(v) == 5 for v in values.values())  # one per setting, each metric
     assert all(v > 0 for v in values["fid"]) and all(0 <= v <= 1 for v in values["class_accuracy"])
-    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs" / "tiny").glob("*/metrics.json")}
-    again = run_recipe(recipe, tmp_path / "runs", "local", Quiet())
+    store_root = tmp_path / "runs" / "store"
+    mtimes = {p: p.stat().st_mtime for p in store_root.glob("*/evaluations/*/metrics.json")}
+    assert len(mtimes) == 3 and len(list(store_root.glob("*/checkpoints"))) == 3
+    again = run_recipe(recipe, path, tmp_path / "runs", "local", Quiet())
     assert again == rows and all(p.stat().st_mtime == t for p, t in mtimes.items())
-    from harness.status import job_rows
-
-    jobs = job_rows(tmp_path / "runs", "tiny")
-    assert sorted(r["job"].split("-")[0] for r in jobs) == ["scd", "sct", "teacher"]
-    assert all(r["state"] == "finished" and r["executor"] == "local" and r["job_id"] for r in jobs)
-    table = write_report(recipe, tmp_path / "runs", tmp_path / "results")
-    assert list(table.method) == ["teacher", "sct", "sct", "scd", "scd"]
+    manifest = read_manifest(tmp_path / "runs", "tiny")
+    jobs = job_rows(manifest)
+    assert sorted((r["stage"], r["work"]) for r in jobs) == sorted(
+        (stage, work) for stage in ("teacher", "sct", "scd") for work in ("train", "evaluate"))
+    assert all(r["state"] in ("trained", "finished") and r["executor"] == "local" and r["job_id"] for r in jobs)
+    table = write_report(manifest, tmp_path / "runs", tmp_path / "results")
+    assert list(table.stage) == ["teacher", "sct", "sct", "scd", "scd"]
     assert (tmp_path / "results" / "tiny" / "table.md").read_text().count("[samples](samples/") == 5
     assert table.fid_ratio.iloc[0] == 1.0
-    changed = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"samples_per_class": 9})})
-    assert write_report(changed, tmp_path / "runs", tmp_path / "stale") is None  # rows of other settings are stale
 
 
 def test_cli_help_does_not_import_torch():
-    code = "import sys, harness.cli, harness.recipe; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, harness.cli; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
     done = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and "run" in done.stdout and "report" in done.stdout
 
 
-def _short_job(tmp_path, method="teacher", steps=6):
-    from harness.launch import plan_jobs
-
-    recipe = load_recipe(tiny_recipe(tmp_path))
-    job = plan_jobs(recipe, tmp_path / "runs")[method]
-    job["threads"] = 1
-    job["recipe"]["stages"][method].update(steps=steps, checkpoint_every=4)
-    return job
+def _short_job(tmp_path, stage="teacher", steps=6):
+    return stage_job(tiny_recipe(tmp_path), tmp_path / "runs", stage,
+                     [f"stages.{stage}.steps={steps}", f"stages.{stage}.checkpoint_every=4"])
 
 
 def test_job_failure_reports_the_jobs_own_error(tmp_path):
     """submitit wraps a job's exception with log paths; the user sees the exception line."""
     import submitit
-    from harness.launch import job_error
-
-    from harness.data import load_image_folder
+    from harness.data.images import load_image_folder
+    from harness.run.submission import job_error
 
     job = submitit.LocalExecutor(folder=str(tmp_path)).submit(load_image_folder, str(tmp_path / "nowhere"))
     with pytest.raises(Exception) as error:
@@ -258,44 +244,48 @@ def test_student_resume_is_exact(tmp_path):
     """sCT and sCD (JVP, RNG replay, tangent warmup, teacher reload) resume to the same weights as an unbroken run."""
     import torch
     from harness import store
-    from harness.train import train_stage
+    from harness.run.train import train_stage
 
-    teacher = train_stage(_short_job(tmp_path / "t"))
-    for method in ("sct", "scd"):
+    for stage in ("sct", "scd"):
         runs = []
         for name in ("a", "b"):
-            job = _short_job(tmp_path / f"{method}-{name}", method)
-            job["init"] = teacher
-            runs.append((job, torch.load(train_stage(job), weights_only=True)))
+            path = tiny_recipe(tmp_path / f"{stage}-{name}")
+            overrides = [f"stages.{stage}.checkpoint_every=4"]
+            train_stage(stage_job(path, tmp_path / f"{stage}-{name}" / "runs", "teacher", overrides), threads=1)
+            job = stage_job(path, tmp_path / f"{stage}-{name}" / "runs", stage, overrides)
+            runs.append((job, torch.load(train_stage(job, threads=1), weights_only=True)))
         job, unbroken = runs[1]
-        store.checkpoint_path(Path(job["run_dir"]), 6).unlink()
-        resumed = torch.load(train_stage(job), weights_only=True)
-        for key in ("net", "ema", "weight"):
-            assert all(torch.equal(runs[0][1][key][k], resumed[key][k]) for k in unbroken[key]), (method, key)
+        store.checkpoint_path(job.path, 6).unlink()
+        resumed = torch.load(train_stage(job, threads=1), weights_only=True)
+        for key in ("networks", "ema", "modules"):
+            for part in unbroken[key]:
+                assert all(torch.equal(runs[0][1][key][part][k], resumed[key][part][k]) for k in unbroken[key][part]), \
+                    (stage, key)
 
 
 def test_training_is_seeded_and_resume_is_exact(tmp_path):
     """Two runs give identical weights; a run stopped after its step-4 checkpoint and resumed ends identical too."""
     import torch
     from harness import store
-    from harness.train import train_stage
+    from harness.run.train import train_stage
 
-    first = torch.load(train_stage(_short_job(tmp_path / "a")), weights_only=True)
+    first = torch.load(train_stage(_short_job(tmp_path / "a"), threads=1), weights_only=True)
     second_job = _short_job(tmp_path / "b")
-    second = torch.load(train_stage(second_job), weights_only=True)
-    for key in ("net", "ema"):
-        assert all(torch.equal(first[key][k], second[key][k]) for k in first[key])
-    store.checkpoint_path(Path(second_job["run_dir"]), 6).unlink()  # as if killed between steps 4 and 6
-    resumed = torch.load(train_stage(second_job), weights_only=True)
-    for key in ("net", "ema", "weight"):
-        assert all(torch.equal(first[key][k], resumed[key][k]) for k in first[key])
+    second = torch.load(train_stage(second_job, threads=1), weights_only=True)
+    for key in ("networks", "ema"):
+        assert all(torch.equal(first[key]["net"][k], second[key]["net"][k]) for k in first[key]["net"])
+    store.checkpoint_path(second_job.path, 6).unlink()  # as if killed between steps 4 and 6
+    resumed = torch.load(train_stage(second_job, threads=1), weights_only=True)
+    for key in ("networks", "ema", "modules"):
+        for part in first[key]:
+            assert all(torch.equal(first[key][part][k], resumed[key][part][k]) for k in first[key][part])
 
 
 def test_folder_dataset_with_labels(tmp_path):
     """A folder of same-size PNGs with a labels file loads to [-1, 1]; a mismatched labels file is a clear error."""
     import numpy as np
     from PIL import Image
-    from harness.data import load_image_folder
+    from harness.data.images import load_image_folder
 
     pixels = np.random.default_rng(0).integers(0, 256, (5, 12, 12), dtype=np.uint8)
     for i, img in enumerate(pixels):
@@ -319,16 +309,16 @@ def test_a_second_copy_of_a_running_job_waits_for_it_and_then_finds_the_work_don
     then resumes (here: trains, since the holder wrote nothing); past its wait limit it stops with a clear error."""
     import fcntl
     import threading
-    from harness.evaluate import run_job
+    from harness.run.entry import Task, run_task
 
     job = _short_job(tmp_path)
-    Path(job["run_dir"]).mkdir(parents=True)
-    with open(Path(job["run_dir"]) / ".lock", "w") as held:
+    job.path.mkdir(parents=True)
+    with open(job.path / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match="still running in another process after 0.5 s"):
-            run_job({**job, "lock_wait_s": 0.5})
-        assert not (Path(job["run_dir"]) / "checkpoints").exists()
+            run_task(Task("train", job, lock_wait_s=0.5))
+        assert not (job.path / "checkpoints").exists()
         threading.Timer(1.5, lambda: fcntl.flock(held, fcntl.LOCK_UN)).start()
         started = time.time()
-        final = run_job(job)
+        final = run_task(Task("train", job))
     assert time.time() - started > 1.4 and Path(final).is_file()

@@ -4,12 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from harness import plan
-from harness.recipe import ResourcesConfig, load_recipe
+from harness.compute import training_network
+from harness.recipe import ResourcesConfig, load_recipe, plan_jobs
+from harness.tools import cost as plan_cost
+from harness.tools import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "recipes" / "digits.yaml"
@@ -23,19 +24,22 @@ def digits(*overrides):
     return load_recipe(DIGITS, list(overrides))
 
 
+def job(recipe, stage="teacher"):
+    """The training job of a stage of a recipe without a sweep."""
+    return next(j for j in plan_jobs(recipe, Path("runs")).train if j.stage == stage)
+
+
 # ---- network_cost ----------------------------------------------------------------------------------------------
 
 def test_mlp_flops_are_twice_the_multiply_adds_of_its_linear_layers():
-    from harness.train import build_model
-
     recipe = digits("network.name=mlp", "network.channels=8", "network.blocks_per_level=2",
                     "network.channel_mult=null", "network.attn_resolutions=null",
                     "data.name=synthetic", "data.shape=[1,2,2]", "data.num_classes=3")
-    cost = plan.network_cost(recipe, "teacher")
+    cost = plan_cost.network_cost(job(recipe))
     D, H, L, C = 4, 8, 2, 3  # data dim, hidden, depth, classes
     # input D->H, time MLP 2 x H->H, label C->H, L residual H->H, output H->D; the time embedding has no matmul
     hand = 2 * (D * H + 2 * H * H + C * H + L * H * H + H * D)
-    linears = [m for m in build_model(recipe, (1, 2, 2), 3).modules() if isinstance(m, nn.Linear)]
+    linears = [m for m in training_network(job(recipe), (1, 2, 2), 3).modules() if isinstance(m, nn.Linear)]
     assert hand == 2 * sum(m.in_features * m.out_features for m in linears)
     assert cost["forward_flops"] == hand
     assert cost["params"] == sum(p.numel() for m in linears for p in m.parameters())
@@ -43,7 +47,7 @@ def test_mlp_flops_are_twice_the_multiply_adds_of_its_linear_layers():
 
 def test_edm2_s_on_latents_matches_the_paper_and_counts_attention():
     recipe = digits(*EDM2_DEFAULTS, "network.size=S", "data.name=imagenet512-latents")
-    cost = plan.network_cost(recipe, "teacher")
+    cost = plan_cost.network_cost(job(recipe))
     # EDM2 (Karras et al. 2024, Table 2) / sCM-facts.md: EDM2-S costs 102 GMACs at 512 (4x64x64 latents); 1 MAC = 2 FLOPs
     assert cost["forward_flops"] == pytest.approx(2 * 102e9, rel=0.15)
     assert cost["device"] == "meta"
@@ -56,7 +60,7 @@ def test_saved_activations_grow_with_image_area():
     def per_sample(size):
         recipe = digits("network.attn_resolutions=[]", "data.name=synthetic", f"data.shape=[1,{size},{size}]",
                         "data.num_classes=10")
-        return plan.network_cost(recipe, "teacher")["saved_bytes_per_sample"]
+        return plan_cost.network_cost(job(recipe))["saved_bytes_per_sample"]
 
     small, large = per_sample(8), per_sample(16)
     assert 0 < small < large < float("inf")
@@ -65,11 +69,11 @@ def test_saved_activations_grow_with_image_area():
 
 def test_costs_are_cached_per_network_and_shape(monkeypatch):
     calls = []
-    measure = plan._measure
-    monkeypatch.setattr(plan, "_COST_CACHE", {})
-    monkeypatch.setattr(plan, "_measure", lambda *args: calls.append(args) or measure(*args))
+    measure = plan_cost._measure
+    monkeypatch.setattr(plan_cost, "_COST_CACHE", {})
+    monkeypatch.setattr(plan_cost, "_measure", lambda *args: calls.append(args) or measure(*args))
     recipe = digits("sweep={seed: [0, 1, 2]}")
-    rows = plan.plan_rows(recipe)
+    rows = plan.plan_rows(plan_jobs(recipe, Path("runs")))
     assert len(rows) == 2 * 9 and len(calls) == 1  # every job of every seed: one network, no dropout
 
 
@@ -77,35 +81,56 @@ def test_costs_are_cached_per_network_and_shape(monkeypatch):
 
 def test_stage_estimate_arithmetic():
     recipe = digits("resources.nodes=2", "resources.tasks_per_node=2", "stages.scd.guidance=2.0")
-    flops = plan.network_cost(recipe, "teacher")["forward_flops"]
-    for method, multiplier in (("teacher", 3), ("sct", 5), ("scd", 7)):  # sCD with CFG: two teacher forwards
-        stage, estimate = recipe.stage(method), plan.stage_estimate(recipe, method, tflops_per_gpu=100.0)
+    flops = plan_cost.network_cost(job(recipe))["forward_flops"]
+    for name, multiplier in (("teacher", 3), ("sct", 5), ("scd", 7)):  # sCD with CFG: two teacher forwards
+        stage, estimate = recipe.stages[name], plan_cost.stage_estimate(job(recipe, name), tflops_per_gpu=100.0)
         expected = stage.steps * stage.batch_size * flops * multiplier / (100.0 * 1e12 * 3600)
         assert estimate["multiplier"] == multiplier
         assert estimate["gpu_hours"] == pytest.approx(expected, rel=1e-12)
         assert estimate["wall_hours"] == pytest.approx(expected / 4, rel=1e-12)
         assert (estimate["ranks"], estimate["per_rank_batch"], estimate["passes"]) == (4, 32, 1)
         assert estimate["fits"] is None  # no GPUs: nothing to fit
-    assert plan.stage_estimate(digits(), "scd")["multiplier"] == 6  # guidance 1: one teacher forward
+    assert plan_cost.stage_estimate(job(digits(), "scd"))["multiplier"] == 6  # guidance 1: one teacher forward
+    discrete = digits("stages.sct.method=discrete-ct", "stages.sct.discrete_steps=16", "stages.sct.tangent=null")
+    assert plan_cost.stage_estimate(job(discrete, "sct"))["multiplier"] == 4  # the target's forward + training
 
 
 def test_memory_shrinks_with_micro_batch_and_the_fix_is_a_divisor():
-    gpu = digits("resources.gpus_per_node=1")
-    cost = plan.network_cost(gpu, "teacher")
-    limit = plan.memory_gb(cost, "teacher", 10, "fp32")  # room for 10 samples a pass; 128 do not fit
+    gpu = job(digits("resources.gpus_per_node=1"))
+    cost = plan_cost.network_cost(gpu)
+    limit = plan_cost.memory_gb(cost, gpu, 10)  # room for 10 samples a pass; 128 do not fit
     recipe = digits("resources.gpus_per_node=1", f"resources.gpu_memory_gb={limit}")
-    full = plan.stage_estimate(recipe, "teacher")
+    full = plan_cost.stage_estimate(job(recipe))
     assert full["fits"] is False and full["passes"] == 1
     fitting = full["largest_fitting_micro_batch"]
     assert fitting == 8 and 128 % fitting == 0
-    assert plan.memory_gb(cost, "teacher", 8, "fp32") <= limit < plan.memory_gb(cost, "teacher", 16, "fp32")
-    smaller = plan.stage_estimate(digits("resources.gpus_per_node=1", "stages.teacher.micro_batch=8",
-                                         f"resources.gpu_memory_gb={limit}"), "teacher")
+    assert plan_cost.memory_gb(cost, gpu, 8) <= limit < plan_cost.memory_gb(cost, gpu, 16)
+    smaller = plan_cost.stage_estimate(job(digits("resources.gpus_per_node=1", "stages.teacher.micro_batch=8",
+                                                  f"resources.gpu_memory_gb={limit}")))
     assert smaller["memory_gb"] < full["memory_gb"] and smaller["fits"] is True and smaller["passes"] == 16
-    half = plan.stage_estimate(digits("stages.teacher.precision=bf16"), "teacher")
-    per_sample = cost["saved_bytes_per_sample"] * 128 / plan.GB
+    half = plan_cost.stage_estimate(job(digits("stages.teacher.precision=bf16")))
+    per_sample = cost["saved_bytes_per_sample"] * 128 / plan_cost.GB
     assert full["activations_gb"] - half["activations_gb"] == pytest.approx(per_sample / 2)
-    assert plan.stage_estimate(digits(), "scd")["weights_gb"] == pytest.approx(cost["params"] * 24 / plan.GB)
+    # sCD: five fp32 copies of its network (weights, gradients, Adam's two moments, EMA) and the teacher's weights
+    assert plan_cost.stage_estimate(job(digits(), "scd"))["weights_gb"] == pytest.approx(
+        cost["params"] * 24 / plan_cost.GB)
+
+
+def test_a_job_the_store_holds_costs_nothing_and_says_who_made_it(tmp_path):
+    """The teacher of digits.yaml trained by another recipe (findings_nfe shares it): 0 GPU-hours, reused."""
+    from harness import store
+
+    recipe = digits()
+    teacher = next(j for j in plan_jobs(recipe, tmp_path / "runs").train if j.stage == "teacher")
+    nfe = load_recipe(ROOT / "recipes" / "findings_nfe.yaml")
+    assert teacher.id in {j.id for j in plan_jobs(nfe, tmp_path / "runs").train}  # one job for both recipes
+    teacher.final_checkpoint.parent.mkdir(parents=True)
+    teacher.final_checkpoint.write_bytes(b"weights")
+    store.write_json(teacher.path / "job.json", {"recipe": "findings_nfe", "stage": "teacher"})
+    rows = plan.plan_rows(plan_jobs(recipe, tmp_path / "runs"))
+    reused = [row for row in rows if row["reused"]]
+    assert [(row["kind"], row["label"], row["reused"]) for row in reused] == [("train", "teacher", "findings_nfe/teacher")]
+    assert reused[0]["gpu_hours"] == 0.0 and all(row["gpu_hours"] > 0 for row in rows if not row["reused"])
 
 
 # ---- sbatch_preview ----------------------------------------------------------------------------------------------
@@ -143,9 +168,8 @@ def test_sbatch_preview_falls_back_when_submitit_changes(monkeypatch):
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.command("plan")(plan.plan_command)
-    app.command("other")(lambda: None)  # a second command, so `plan` is a subcommand as in scm-bench
+    from harness.cli import app
+
     runner = CliRunner()
     return lambda *args: runner.invoke(app, ["plan", *map(str, args)])
 
@@ -157,7 +181,7 @@ def test_plan_command_prints_and_writes_nothing(tmp_path, monkeypatch, cli):
     assert result.exit_code == 0, result.output
     assert "digits: 6 jobs" in result.stdout and "100 TFLOP/s" in result.stdout
     assert "warning: teacher: " in result.stdout and "even micro_batch 1 does not fit" in result.stdout
-    assert "GPU-hours: train teacher" in result.stdout and "#SBATCH --gpus-per-node=1" in result.stdout
+    assert "GPU-hours: train diffusion" in result.stdout and "#SBATCH --gpus-per-node=1" in result.stdout
     assert list(tmp_path.iterdir()) == []  # no runs/, no logs
 
 
@@ -176,6 +200,8 @@ def test_plan_command_missing_recipe(tmp_path, cli):
     assert len(errors) == 1 and errors[0].startswith("error: ") and "not found" in errors[0]
 
 
-def test_plan_module_does_not_import_torch():
-    code = "import sys, harness.plan; assert 'torch' not in sys.modules, 'torch imported'"
+def test_plan_help_does_not_import_torch():
+    code = ("import sys; from typer.testing import CliRunner; from harness.cli import app; "
+            "assert CliRunner().invoke(app, ['plan', '--help']).exit_code == 0; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch import expand_jobs, run_recipe
-from harness.recipe import load_recipe
-from harness.report import write_report
-from harness.smoke import smoke_recipe
-from harness.sweep import expand_sweep
+from harness.recipe import expand_sweep, load_recipe, read_manifest, smoke_recipe
+from harness.report.report import write_report
+from harness.run.runner import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
@@ -22,16 +20,12 @@ class Quiet:
         pass
 
 
-def _expected_rows(recipe) -> int:
-    """One row per teacher step count, and per student NFE (x guidance scales for a student told the scale)."""
+def _expected_rows(plan) -> int:
+    """One row per sampling setting of each evaluation: each step count (x guidance scale) of its sampling block."""
     count = 0
-    for job in expand_jobs(recipe, Path("unused")):
-        if job["method"] == "teacher":
-            count += len(recipe.evaluation.teacher_step_list)
-            continue
-        ev = recipe.evaluation
-        told = recipe.network.guidance_input and job["method"] == "scd"
-        count += len(ev.consistency_nfe) * (len(ev.student_guidance) if told else 1)
+    for job in plan.evaluate:
+        steps, guidance = job.sampling.steps, job.sampling.guidance
+        count += (len(steps) if isinstance(steps, list) else 1) * (len(guidance) if isinstance(guidance, list) else 1)
     return count
 
 
@@ -43,32 +37,36 @@ def test_smoke_keeps_what_matters_and_shrinks_what_costs():
     for real, small in zip(expand_sweep(recipe), expand_sweep(smoke)):
         assert small.network.size == real.network.size and small.network.channels == 32
         assert small.data.name == "synthetic" and small.data.shape[0] == 4 and small.data.latents
-        for method in ("teacher", "sct", "scd"):
-            if real.stage(method) is None:
-                assert small.stage(method) is None
-                continue
-            assert small.stage(method).steps == 2
-            assert small.stage(method).dropout == real.stage(method).dropout  # per-size settings survive
-            assert small.stage(method).guidance == real.stage(method).guidance
+        assert list(small.stages) == list(real.stages) == ["teacher", "sct", "scd"]
+        for name, stage in small.stages.items():
+            assert stage.steps == 2 and stage.method == real.stages[name].method
+            assert stage.dropout == real.stages[name].dropout  # per-size settings survive
+            assert stage.settings == real.stages[name].settings  # the method's own (guidance, tangent, ...)
+        assert small.stages["teacher"].sampling.steps == 2 and real.stages["teacher"].sampling.steps == 32
+        assert small.stages["scd"].sampling == real.stages["scd"].sampling  # per-size scales told to sCD survive
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_runs_as_a_smoke_test(tmp_path, name):
-    recipe = smoke_recipe(load_recipe(ROOT / "recipes" / name))
-    rows = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
+    path = ROOT / "recipes" / name
+    recipe = smoke_recipe(load_recipe(path))
+    rows = run_recipe(recipe, path, tmp_path / "runs", "debug", Quiet())
+    manifest = read_manifest(tmp_path / "runs", recipe.name)
     final = [r for r in rows if r["metric"] == "fid" and not r["intermediate"]]
-    assert len(final) == _expected_rows(recipe)
-    during = [r for r in rows if r["metric"] == "fid" and r["intermediate"]]  # FID over training: students at step 1
-    assert len(during) == sum(r["method"] != "teacher" for r in final) * len(recipe.evaluation.during_training)
-    assert all(r["checkpoint_step"] == 1 and r["method"] != "teacher" for r in during)
+    assert len(final) == _expected_rows(manifest.plan)
+    during = [r for r in rows if r["metric"] == "fid" and r["intermediate"]]  # FID over training at step 1
+    expected_during = sum(len(job.during_training) * len([r for r in final if r["evaluation"] == job.id])
+                          for job in manifest.plan.evaluate)
+    assert len(during) == expected_during and all(r["checkpoint_step"] == 1 for r in during)
     assert all(math.isfinite(r["value"]) for r in rows) and all(r["value"] >= 0 for r in rows if r["metric"] == "fid")
-    assert {r["variant"] for r in rows} == {v.variant for v in expand_sweep(recipe)} or not recipe.sweep
-    for job in expand_jobs(recipe, tmp_path / "runs"):
-        assert (Path(job["run_dir"]) / "checkpoints" / "step-00000002.pt").is_file()
-    table = write_report(recipe, tmp_path / "runs", tmp_path / "results")  # every variant's rows reach the table
-    settings = {(re.sub(r"(^|,)seed=[^,]*", "", r["variant"]), r["method"], r["nfe"], r["guidance"]) for r in final}
+    axes = {v.variant for v in expand_sweep(recipe)}
+    assert all(set(r["variant"].split(",")) <= set(",".join(axes).split(",")) | {""} for r in rows)
+    for job in manifest.plan.train:
+        assert (job.path / "checkpoints" / "step-00000002.pt").is_file()
+    table = write_report(manifest, tmp_path / "runs", tmp_path / "results")  # every variant's rows reach the table
+    settings = {(re.sub(r"(^|,)seed=[^,]*", "", r["variant"]), r["stage"], r["nfe"], r["guidance"]) for r in final}
     assert table is not None and len(table) >= len(settings)  # seeds of a setting are one row
-    if "size" in recipe.sweep and recipe.stages.sct is not None:  # a size sweep gets its Fig. 6-style plot
+    if "size" in recipe.sweep and len(recipe.stages) > 1:  # a size sweep gets its Fig. 6-style plot
         assert (tmp_path / "results" / recipe.name / "fid_vs_size.png").is_file()
     assert (tmp_path / "results" / recipe.name / "fid_over_training.png").is_file() == bool(during)
 
@@ -82,7 +80,7 @@ def test_smoke_run_and_report_from_the_command_line(tmp_path):
     recipe = str(ROOT / "recipes" / "table1_imagenet64.yaml")
     done = cli("run", recipe, "--smoke")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "metrics rows in" in done.stdout
+    assert "metrics rows in" in done.stdout and "--smoke" in done.stdout.split("next:")[1]
     shown = cli("report", recipe, "--smoke", "--results-dir", str(tmp_path / "results"))
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert (tmp_path / "results" / "table1_imagenet64-smoke" / "table.md").is_file()

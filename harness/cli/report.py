@@ -53,11 +53,12 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
 
     from ..recipe import RecipeError
     from ..report.report import write_report
-    from ..report.rows import OURS, find_manifest
+    from ..report.rows import OURS, find_manifest, source_label
 
+    labels = {}
     for name in compare:
         try:
-            find_manifest(name, runs_dir, smoke)
+            labels[name] = source_label(find_manifest(name, runs_dir, smoke))
         except RecipeError as error:
             fail(f"--compare {name}: {error}")
     console, written = Console(), 0
@@ -73,7 +74,7 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
         if not (table.source == OURS).any():
             console.print(f"{manifest.recipe}: no finished evaluations of its own; showing the --compare runs")
         for name in compare:
-            if not (table.source == Path(name).stem).any():
+            if not (table.source == labels[name]).any():
                 console.print(f"--compare {name}: no finished evaluations to show beside {manifest.recipe}")
         _print_table(console, table, f"{manifest.recipe} ({results_dir / manifest.recipe / 'table.md'})")
     if not written:

@@ -78,7 +78,8 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
                    "to resume", err=True)
         raise typer.Exit(130)
     except (RecipeError, RuntimeError, OSError, ValueError) as error:
-        fail(str(error))
+        message = str(error)
+        fail(message if message.startswith(str(recipe)) else f"{recipe}: {message}")
     if kind == "slurm" and not wait:
         console.print(f"submitted; follow with: scm-bench status {recipe}{' --smoke' if smoke else ''}")
         return

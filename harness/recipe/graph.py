@@ -2,7 +2,9 @@
 no cycle, a teacher exactly where the method reads one), label dropout where classifier-free guidance is used, FID
 over training at real checkpoints, and batches that split over the ranks. Each failure is one line that names the
 field and the fix."""
-from .refs import REF_FORMS, local
+import difflib
+
+from .refs import OUTSIDE_FORMS, REF_FORMS, local
 
 
 def check_graph(recipe) -> None:
@@ -20,8 +22,10 @@ def _check_references(recipe, name: str, stage) -> None:
     for field in ("init", "teacher"):
         ref = local(getattr(stage, field))
         if ref is not None and ref not in recipe.stages:
-            raise ValueError(f"stages.{name}.{field}: {ref!r} is not a stage of this recipe; use one of "
-                             f"{', '.join(recipe.stages)} (or {REF_FORMS})")
+            close = difflib.get_close_matches(ref, list(recipe.stages), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"stages.{name}.{field}: {ref!r} is not a stage of this recipe; {hint}use one of "
+                             f"{', '.join(recipe.stages)} (or {OUTSIDE_FORMS})")
     reads = stage.method_class.reads_teacher
     if reads and stage.teacher is None:
         raise ValueError(f"stages.{name}.teacher: method {stage.method} reads a teacher but none is given; set "

@@ -1,6 +1,7 @@
 """Loading a recipe file: text (text.py) -> `--set` overrides -> the schema, with one-line errors that name the file
 and the field (and a "did you mean" for a misspelt key)."""
 import difflib
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -9,6 +10,8 @@ from scm.methods import BUILT_IN
 
 from .schema import Recipe, Stage
 from .text import RecipeError, apply_overrides, parse_yaml
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the shipped recipes: examples that errors point to
 
 
 def _model_fields(model, seen: set) -> set[str]:
@@ -31,15 +34,31 @@ def field_names() -> set[str]:
     return names - {"settings"}
 
 
+def _methods_with(key: str) -> list[str]:
+    """The built-in methods whose own settings have this key."""
+    return sorted(name for name, method in BUILT_IN.items() if key in method.Settings.model_fields)
+
+
+def _example(key: str) -> str:
+    """A shipped recipe that sets this key (digits.yaml when none does)."""
+    found = [path for path in sorted(RECIPES.glob("*.yaml")) if re.search(rf"[\s.{{]{re.escape(key)}:", path.read_text())]
+    return f"recipes/{found[0].name if found else 'digits.yaml'}"
+
+
 def _describe(error: dict) -> str:
     where = ".".join(str(p) for p in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
+    key = str(error["loc"][-1]) if error["loc"] else ""
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(error["loc"][-1]), sorted(field_names()), n=1)
+        owners = _methods_with(key)
+        if owners and error["loc"][0] == "stages":
+            return (f"{where}: unknown field for this stage's method ({key} is a setting of {', '.join(owners)}); "
+                    "remove it or change the stage's method")
+        close = difflib.get_close_matches(key, sorted(field_names()), n=1)
         hint = f"did you mean {close[0]}?" if close else "check its spelling against recipes/digits.yaml"
         return f"{where}: unknown field ({hint})"
     if error["type"] == "missing":
-        return f"{where}: required field is missing; add it (see recipes/digits.yaml for an example)"
+        return f"{where}: required field is missing; add it (see {_example(key)} for an example)"
     if error["type"] in ("literal_error", "enum") and "input" in error:
         return f"{where}: {error['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
     return f"{where}: {message}" if where else message

@@ -17,7 +17,8 @@ class CheckpointFile(Strict):
 
 StageRef = str | OtherRecipe | CheckpointFile
 
-REF_FORMS = "a stage of this recipe, {recipe: FILE, stage: NAME} or {checkpoint: FILE}"
+OUTSIDE_FORMS = "{recipe: FILE, stage: NAME} or {checkpoint: FILE}"
+REF_FORMS = f"a stage of this recipe, {OUTSIDE_FORMS}"
 
 
 def local(ref) -> str | None:

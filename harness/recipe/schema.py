@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import (Field, SerializeAsAny, ValidationError, field_validator, model_serializer, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from scm.methods import Method, MethodSettings, SamplingSettings, UnknownMethod, method_class
+from scm.methods import Method, MethodSettings, SamplingError, SamplingSettings, UnknownMethod, method_class
 
 from .graph import check_graph
 from .refs import StageRef
@@ -88,6 +88,8 @@ class Stage(Strict):
             raise _within(("sampling",), error) from None
         try:
             method(settings).sample_settings(sampling)
+        except SamplingError as error:
+            raise _error(("sampling", error.field), str(error), data.get("sampling")) from None
         except ValueError as error:
             raise _error(("sampling",), str(error), data.get("sampling")) from None
         common = {k: v for k, v in data.items() if k in cls.model_fields}

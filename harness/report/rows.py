@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .. import store
-from ..recipe import RecipeError, RunManifest, read_manifest
+from ..recipe import RecipeError, RunManifest, read_manifest, read_raw
 
 OURS = "ours"  # the source label of this recipe's rows; a --compare run's rows carry its name
 SETTING = ["source", "setting", "stage", "method", "size", "sampler", "nfe", "guidance"]
@@ -63,9 +63,16 @@ def gather(manifest: RunManifest) -> pd.DataFrame:
     return rows_frame(rows)
 
 
+def run_name(name: str) -> str:
+    """A run's name from what a user typed: a recipe's name, or a recipe file (its `name:`, else its stem)."""
+    if not name.endswith((".yaml", ".yml")):
+        return name
+    return str(read_raw(name).get("name", Path(name).stem))
+
+
 def find_manifest(name: str, runs_root: Path, smoke: bool = False) -> RunManifest:
-    """The manifest of a run named NAME, or of the recipe file NAME.yaml's name (`-smoke` with smoke)."""
-    recipe_name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    """The manifest of a run named NAME, or of a recipe file's run (`-smoke` with smoke)."""
+    recipe_name = run_name(name)
     recipe_name += "-smoke" if smoke and not recipe_name.endswith("-smoke") else ""
     manifest = read_manifest(runs_root, recipe_name)
     if manifest is None:
@@ -74,13 +81,18 @@ def find_manifest(name: str, runs_root: Path, smoke: bool = False) -> RunManifes
     return manifest
 
 
+def source_label(manifest: RunManifest) -> str:
+    """How a --compare run's rows are labelled: its recipe's name."""
+    return manifest.recipe.removesuffix("-smoke")
+
+
 def gather_sources(manifest: RunManifest, runs_root: Path, compare=()) -> pd.DataFrame:
-    """Our rows (source "ours") and each --compare run's rows (source NAME) in one frame."""
+    """Our rows (source "ours") and each --compare run's rows (source: its recipe's name) in one frame."""
     parts = [gather(manifest).assign(source=OURS)]
     for name in compare:
         other = find_manifest(name, runs_root, manifest.smoke)
         if other.recipe != manifest.recipe:
-            parts.append(gather(other).assign(source=Path(name).stem))
+            parts.append(gather(other).assign(source=source_label(other)))
     parts = [part for part in parts if len(part)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

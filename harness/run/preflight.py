@@ -9,9 +9,19 @@ from ..evaluation.reference import check_reference
 from ..recipe import Plan
 
 
-def _uses_guidance(job) -> bool:
-    method = job.train.method()
-    return method.teacher_guidance() > 1.0 or any(s.cfg > 1.0 for s in method.sample_settings(job.sampling))
+def _guidance_problem(job) -> str | None:
+    """Classifier-free guidance needs labels to guide with: where a stage uses it on data without any."""
+    method, stage = job.train.method(), job.train.stage
+    cfg = max(s.cfg for s in method.sample_settings(job.sampling))
+    if cfg > 1.0:
+        where, fix = f"stages.{stage}.sampling.guidance", f"stages.{stage}.sampling.guidance: 1.0"
+    elif method.teacher_guidance() > 1.0:
+        where, fix, cfg = f"stages.{stage}", "its teacher guidance 1.0", method.teacher_guidance()
+    else:
+        return None
+    return (f"{where}: classifier-free guidance {cfg:g} needs class labels, but the data have none "
+            f"(data.class_conditional: false, or a folder without a labels file); set data.class_conditional: true "
+            f"with labels, or {fix}")
 
 
 def preflight(plan: Plan) -> None:
@@ -34,6 +44,6 @@ def preflight(plan: Plan) -> None:
         if job.evaluation.fd_dinov2:
             check_dinov2(job.evaluation.dinov2_repo)
         check_reference(job.evaluation, data.shape)
-        if data.num_classes == 0 and _uses_guidance(job):
-            raise ValueError(f"stages.{job.train.stage}: classifier-free guidance > 1 needs class labels; give "
-                             "data.labels or set its guidance to 1.0")
+        problem = _guidance_problem(job) if data.num_classes == 0 else None
+        if problem:
+            raise ValueError(problem)

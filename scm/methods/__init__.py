@@ -7,7 +7,7 @@ another package under the entry-point group `scm_bench.methods` (name = the entr
 import importlib
 from importlib.metadata import entry_points
 
-from .base import Method, MethodSettings, Networks, SamplingSettings, Setting, Trained
+from .base import Method, MethodSettings, Networks, SamplingError, SamplingSettings, Setting, Trained
 from .consistency import ConsistencyModel, ConsistencySampling
 from .diffusion import Diffusion
 from .discrete_ct import DiscreteCT
@@ -72,6 +72,6 @@ def method_class(name: str) -> type[Method]:
                         f"the group {ENTRY_POINT_GROUP}")
 
 
-__all__ = ["Method", "MethodSettings", "SamplingSettings", "Setting", "Trained", "Networks", "ConsistencyModel",
+__all__ = ["Method", "MethodSettings", "SamplingError", "SamplingSettings", "Setting", "Trained", "Networks", "ConsistencyModel",
            "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "BUILT_IN", "ENTRY_POINT_GROUP",
            "UnknownMethod", "method_class", "available", "installed"]

@@ -16,6 +16,14 @@ from torch import nn
 from ..trigflow import SIGMA_DATA
 
 
+class SamplingError(ValueError):
+    """A sampling block that does not fit its method; `field` names the key of the block at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class MethodSettings(BaseModel):
     """A method's own settings: the keys of its recipe stage besides the training loop's (steps, batch_size,
     optimizer, ema, ...). Unknown keys are refused, so a misspelt one is named with its stage."""
@@ -125,8 +133,8 @@ class Method(ABC):
 
     @abstractmethod
     def sample_settings(self, sampling: SamplingSettings) -> list[Setting]:
-        """Every way its `sampling:` block asks the trained network to be sampled; ValueError if the block does not
-        fit the method (e.g. guidance scales for a network without a guidance input)."""
+        """Every way its `sampling:` block asks the trained network to be sampled; SamplingError if the block does
+        not fit the method (e.g. guidance scales for a network without a guidance input)."""
 
     def later_noises(self, setting: Setting) -> int:
         """Standard-normal tensors per sample that sampling needs beyond the starting noise z (multistep)."""

@@ -6,7 +6,7 @@ scale of `guidance`; one that does not samples without guidance (its guidance, i
 from pydantic import Field, field_validator
 
 from ..sampling import consistency_sample, consistency_times, guided
-from .base import Method, SamplingSettings, Setting
+from .base import Method, SamplingError, SamplingSettings, Setting
 
 
 class ConsistencySampling(SamplingSettings):
@@ -41,8 +41,9 @@ class ConsistencyModel(Method):
             return [Setting("consistency", n, n, guidance=s, told=s) for n in sampling.steps
                     for s in sampling.guidance]
         if sampling.guidance != [1.0]:
-            raise ValueError(f"guidance {sampling.guidance}: {self.name} does not take the guidance scale as an "
-                             "input; remove sampling.guidance (or give the method a guidance input)")
+            raise SamplingError("guidance", f"{sampling.guidance}: the network of {self.name} has no guidance input "
+                                            "to be told a scale; remove it (scales are told to a student with a "
+                                            "guidance input, e.g. scd with guidance_input: true)")
         return [Setting("consistency", n, n, guidance=self.distilled_guidance()) for n in sampling.steps]
 
     def later_noises(self, setting: Setting) -> int:

@@ -3,30 +3,26 @@
 The teacher runs with classifier-free guidance at `guidance`; a range [lo, hi] draws s per sample and tells it to
 a student built with a guidance input (sCD on ImageNet 512, App. G).
 """
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator
 
 from ..objectives import consistency_loss, draw_noise
 from .sct import SCT, ConsistencySettings
 
 
 class DistillationSettings(ConsistencySettings):
-    guidance: float | tuple[float, float] = 1.0  # the teacher's CFG scale, or a range [lo, hi] drawn per sample
     guidance_input: bool = False  # the student takes the scale s as an input (sCD, ImageNet 512)
+    guidance: float | tuple[float, float] = 1.0  # the teacher's CFG scale, or a range [lo, hi] drawn per sample
 
     @field_validator("guidance")
     @classmethod
-    def _at_least_one(cls, v):
+    def _at_least_one(cls, v, info: ValidationInfo):
         low, high = (v, v) if isinstance(v, (int, float)) else v
         if low < 1.0 or high < low:
             raise ValueError("guidance must be a scale >= 1 or a range [lo, hi] with 1 <= lo <= hi")
+        if low != high and not info.data.get("guidance_input"):
+            raise ValueError(f"[{low:g}, {high:g}] is a range but the student cannot be told the scale; set "
+                             "guidance_input: true beside it, or give one scale")
         return v
-
-    @model_validator(mode="after")
-    def _range_needs_input(self):
-        if not isinstance(self.guidance, (int, float)) and not self.guidance_input:
-            raise ValueError("guidance is a range but the student cannot be told the scale; set guidance_input: "
-                             "true or give one scale")
-        return self
 
 
 class SCD(SCT):
