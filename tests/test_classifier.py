@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.classifier import (
+from harness.evaluation.classifier import (
     CleanFidDigitsExtractor,
     digits_split,
     identity_resize,

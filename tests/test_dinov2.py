@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-from harness.dinov2 import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_NAME, WEIGHTS_URL, check_dinov2
-from harness.features import build_dinov2_extractor, stream_features
+from harness.evaluation.dinov2 import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_NAME, WEIGHTS_URL, check_dinov2
+from harness.evaluation.features import build_dinov2_extractor, stream_features
 
 HUBCONF = f'''
 dependencies = ["torch"]
@@ -77,11 +77,11 @@ def test_a_run_reports_fd_dinov2_beside_fid(hub, tmp_path):
     """The whole digits pipeline with fd_dinov2: every setting gets an fd_dinov2 row measured against DINOv2
     statistics of the data set, recorded with its own reference and extractor; a statistics file from
     `refs import` (mu_dinov2, sigma_dinov2) is used where the recipe names one."""
-    from test_harness import tiny_recipe
+    from helpers import tiny_recipe
 
-    from harness.reference import reference_statistics
-    from harness.launch import run_recipe
-    from harness.recipe import load_recipe
+    from harness.evaluation.reference import reference_statistics
+    from harness.recipe import load_recipe, plan_jobs
+    from harness.run.runner import run_recipe
 
     class Quiet:
         def update(self, name, info):
@@ -92,10 +92,10 @@ def test_a_run_reports_fd_dinov2_beside_fid(hub, tmp_path):
     raw["evaluation"].update(fd_dinov2=True, samples_per_class=3)
     raw["stages"].pop("scd")
     path.write_text(yaml.safe_dump(raw))
-    rows = run_recipe(load_recipe(path), tmp_path / "runs", "debug", Quiet())
+    rows = run_recipe(load_recipe(path), path, tmp_path / "runs", "debug", Quiet())
     fid = [r for r in rows if r["metric"] == "fid"]
     dino = [r for r in rows if r["metric"] == "fd_dinov2"]
-    assert [(r["method"], r["nfe"]) for r in dino] == [(r["method"], r["nfe"]) for r in fid] and len(dino) == 3
+    assert [(r["stage"], r["nfe"]) for r in dino] == [(r["stage"], r["nfe"]) for r in fid] and len(dino) == 3
     assert all(r["features"] == "dinov2-vitl14" and r["value"] > 0 and r["reference_count"] == 1797 for r in dino)
     assert dino[0]["reference_hash"] != fid[0]["reference_hash"]
 
@@ -104,6 +104,8 @@ def test_a_run_reports_fd_dinov2_beside_fid(hub, tmp_path):
     np.savez(npz, mu=np.zeros(64), sigma=np.eye(64), mu_dinov2=mu, sigma_dinov2=sigma)
     raw["evaluation"]["reference"] = str(npz)
     path.write_text(yaml.safe_dump(raw))
-    ref = reference_statistics(load_recipe(path), None, tmp_path / "runs", build_dinov2_extractor(), None, "_dinov2")
+    job = plan_jobs(load_recipe(path), tmp_path / "runs").evaluate[0]
+    ref = reference_statistics(job, None, tmp_path / "runs" / "_reference", build_dinov2_extractor(), None,
+                               "_dinov2")
     np.testing.assert_array_equal(ref["mu"], mu)
     np.testing.assert_array_equal(ref["sigma"], sigma)

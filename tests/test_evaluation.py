@@ -9,47 +9,51 @@ import numpy as np
 import pytest
 import torch
 
-from harness.distributed import Ranks
-from harness.evaluate import shard_features, to_uint8
-from harness.reference import check_reference
-from harness.features import build_extractor, check_inception, stream_features
-from harness.generate import Setting, generate
-from harness.metrics import frechet_distance
+from harness.compute.distributed import Ranks
+from harness.evaluation.features import build_extractor, check_inception, stream_features
+from harness.evaluation.generate import generate
+from harness.evaluation.images import to_uint8
+from harness.evaluation.metrics import frechet_distance
+from harness.evaluation.reference import check_reference
+from harness.evaluation.shards import Sampler, shard_features
 from harness.recipe import load_recipe
-from test_harness import ROOT, tiny_recipe
+from scm.methods import SCT, Diffusion, Setting
+from helpers import ROOT
+
+SEED = 0
+CONSISTENCY = (SCT(), Setting("consistency", 2, 2))
+ODE_WITH_CFG = (Diffusion(), Setting("dpm-solver-2s", 3, 5, guidance=2.0, cfg=2.0))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from harness.data import load_digits_data
+def setup():
+    from harness.data.images import load_digits_data
     from scm.nets import build_network
 
     torch.manual_seed(0)
-    recipe = load_recipe(tiny_recipe(tmp_path_factory.mktemp("recipe")))
-    recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"samples_per_class": 3})})
     net = build_network("toy-unet", in_channels=1, resolution=8, num_classes=10, channels=16).eval()
     labels = torch.arange(10).repeat_interleave(3)
-    return recipe, net, labels, load_digits_data(), build_extractor("digits-classifier")
+    return net, labels, load_digits_data(), build_extractor("digits-classifier")
 
 
-@pytest.mark.parametrize("setting", [Setting("consistency", 2), Setting("dpm-solver-2s", 3, 2.0)])
-def test_a_sample_is_the_same_however_the_work_is_split(setup, setting):
-    recipe, net, labels, data, _ = setup
-    whole = generate(net, setting, range(30), labels, data.shape, recipe.seed, 0.5, batch_size=30)
-    pieces = torch.cat([generate(net, setting, range(a, min(a + 7, 30)), labels, data.shape, recipe.seed, 0.5,
+@pytest.mark.parametrize("method, setting", [CONSISTENCY, ODE_WITH_CFG], ids=["consistency", "ode-cfg"])
+def test_a_sample_is_the_same_however_the_work_is_split(setup, method, setting):
+    net, labels, data, _ = setup
+    whole = generate(method, net, setting, range(30), labels, data.shape, SEED, batch_size=30)
+    pieces = torch.cat([generate(method, net, setting, range(a, min(a + 7, 30)), labels, data.shape, SEED,
                                  batch_size=4) for a in range(0, 30, 7)])
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
-    again = generate(net, setting, [29, 3], labels, data.shape, recipe.seed, 0.5)
+    again = generate(method, net, setting, [29, 3], labels, data.shape, SEED)
     torch.testing.assert_close(again, whole[[29, 3]], rtol=1e-5, atol=1e-6)
-    other_seed = generate(net, setting, range(2), labels, data.shape, recipe.seed + 1, 0.5)
+    other_seed = generate(method, net, setting, range(2), labels, data.shape, SEED + 1)
     assert not torch.allclose(other_seed, whole[:2])
 
 
-def _features(setup, folder, shard_size, ranks=None, part=(0, 1)):
-    recipe, net, labels, data, extractor = setup
-    recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"shard_size": shard_size})})
-    feats = shard_features(net, recipe, data, labels, Setting("consistency", 2), folder, {"features": extractor},
-                           None, ranks, part=part)[0]
+def _features(setup, folder, shard_size, ranks=Ranks(), part=(0, 1)):
+    net, labels, data, extractor = setup
+    method, setting = CONSISTENCY
+    sampler = Sampler(method, net, data.shape, labels, SEED, 512, {"features": extractor})
+    feats = shard_features(sampler, setting, folder, len(labels), shard_size, ranks, part=part)[0]
     return feats.get("features", np.zeros((0,)))
 
 
@@ -143,12 +147,11 @@ def test_missing_inception_weights_say_which_file_and_where_from(tmp_path):
 
 
 def test_missing_reference_statistics_are_named(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "table1_cifar10.yaml")
+    evaluation = load_recipe(ROOT / "recipes" / "table1_cifar10.yaml").evaluation
     with pytest.raises(FileNotFoundError, match=r"cifar10_legacy_tensorflow_train_32\.npz not found.*clean-fid/stats"):
-        check_reference(recipe, (3, 32, 32))
-    bad = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"reference": "x.npz"})})
+        check_reference(evaluation, (3, 32, 32))
     with pytest.raises(FileNotFoundError, match="x.npz not found"):
-        check_reference(bad, (3, 32, 32))
+        check_reference(evaluation.model_copy(update={"reference": "x.npz"}), (3, 32, 32))
 
 
 def test_run_stops_before_submitting_when_the_paper_fid_cannot_be_computed(tmp_path):
@@ -166,8 +169,8 @@ def test_edm2_reference_pickles_import_and_code_in_them_is_refused(tmp_path):
     import os
     import pickle
 
-    from harness.reference import _load_reference_file
-    from harness.refs import import_reference
+    from harness.evaluation.reference import _load_reference_file
+    from harness.tools.refs import import_reference
 
     rng = np.random.default_rng(1)
     a = rng.normal(size=(50, 6))
@@ -210,7 +213,7 @@ class _StandInInception(torch.nn.Module):
 
 
 def test_inception_extractor_runs_through_clean_fid_with_a_stand_in(tmp_path):
-    import harness.features as features
+    import harness.evaluation.features as features
 
     target = features.INCEPTION_WEIGHTS
     if target.exists():
@@ -228,7 +231,7 @@ def test_inception_extractor_runs_through_clean_fid_with_a_stand_in(tmp_path):
 
 
 def test_kid_is_deterministic_and_leaves_numpys_rng_alone():
-    from harness.metrics import kernel_distance
+    from harness.evaluation.metrics import kernel_distance
 
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(1200, 16)), rng.normal(0.2, 1.0, size=(1100, 16))

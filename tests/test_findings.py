@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.tangent_terms import df_dt_terms
+from harness.tools.tangent_terms import df_dt_terms
 from test_harness import ROOT
 
 
@@ -123,18 +123,19 @@ def test_without_adaptive_weighting_the_loss_is_the_plain_mse():
 
 
 def _ablation_recipe(tmp_path, sct_steps: int, during: list[int], sweep: dict | None = None):
+    """A teacher and an sCT student of `sct_steps` steps, evaluated during training at `during`; its own name per
+    length (two recipes, two runs), one store."""
     import yaml
-    from harness.recipe import load_recipe
-    from test_harness import tiny_recipe
+    from helpers import tiny_recipe
 
-    raw = yaml.safe_load(tiny_recipe(tmp_path / f"r{sct_steps}").read_text())
+    name = f"tiny{sct_steps}"
+    raw = yaml.safe_load(tiny_recipe(tmp_path / name, name).read_text())
     raw["stages"].pop("scd")
-    raw["stages"]["sct"].update(steps=sct_steps, checkpoint_every=2)
-    raw["evaluation"]["during_training"] = during
+    raw["stages"]["sct"].update(steps=sct_steps, checkpoint_every=2, during_training=during)
     raw["sweep"] = sweep or {}
-    path = tmp_path / f"r{sct_steps}" / "tiny.yaml"
+    path = tmp_path / name / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return load_recipe(path)
+    return path
 
 
 class _Quiet:
@@ -143,17 +144,19 @@ class _Quiet:
 
 
 def test_fid_over_training_and_student_seeds(tmp_path):
-    """A 4-step student evaluated at step 2 (evaluation.during_training) gives exactly the rows of the same student
-    trained for 2 steps; students' own seeds share one teacher, seed 0 given explicitly equals the default, seed 1
-    differs; the report's tables keep final rows and its curve has every seed's point."""
-    from harness.launch import run_recipe
-    from harness.report import write_report
+    """A 4-step student evaluated at step 2 (during_training) gives exactly the rows of the same student trained for
+    2 steps; students' own seeds share one teacher, seed 0 given explicitly is the default's very job (a job is its
+    content), seed 1 differs; the report's tables keep final rows and its curve has every seed's point."""
+    from harness.recipe import load_recipe, plan_jobs, read_manifest
+    from harness.report.report import write_report
+    from harness.run.runner import run_recipe
 
     runs = tmp_path / "runs"
-    seeds = {"seed": [{"label": "default"}, {"label": "0", "stages.sct.seed": 0}, {"label": "1", "stages.sct.seed": 1}]}
-    long = run_recipe(_ablation_recipe(tmp_path, 4, [2], seeds), runs, "debug", _Quiet())
-    short = run_recipe(_ablation_recipe(tmp_path, 2, []), runs, "debug", _Quiet())
-    assert len(list((runs / "tiny").glob("teacher-*"))) == 1  # one teacher for every student
+    seeds = {"seed": [{"label": "default"}, {"label": "1", "stages.sct.seed": 1}, {"label": "2", "stages.sct.seed": 2}]}
+    long_path, short_path = _ablation_recipe(tmp_path, 4, [2], seeds), _ablation_recipe(tmp_path, 2, [])
+    long = run_recipe(load_recipe(long_path), long_path, runs, "debug", _Quiet())
+    short = run_recipe(load_recipe(short_path), short_path, runs, "debug", _Quiet())
+    assert len(list((runs / "store").glob("diffusion-*"))) == 1  # one teacher for every student of both recipes
     student = lambda rows, variant, step: {(r["nfe"], r["metric"]): r["value"] for r in rows  # noqa: E731
                                            if r["method"] == "sct" and r["variant"] == variant
                                            and r["checkpoint_step"] == step}
@@ -161,21 +164,21 @@ def test_fid_over_training_and_student_seeds(tmp_path):
     assert at_2 and at_2.keys() == final.keys()  # the same network, samples and features (FID: sqrtm's rounding)
     assert all(at_2[key] == pytest.approx(final[key], rel=1e-7) for key in at_2)
     assert all(r["intermediate"] == (r["checkpoint_step"] == 2) for r in long if r["method"] == "sct")
-    explicit, default = student(long, "seed=0", 4), student(long, "seed=default", 4)
-    assert all(explicit[key] == pytest.approx(default[key], rel=1e-7) for key in default)
+    explicit = plan_jobs(load_recipe(long_path, ["sweep={}", "stages.sct.seed=0"]), runs).train
+    default = [job for job in read_manifest(runs, "tiny4").plan.train if job.variant == "seed=default"]
+    assert [job.id for job in explicit if job.stage == "sct"] == [job.id for job in default]
     assert student(long, "seed=1", 4)[(1, "fid")] != student(long, "seed=default", 4)[(1, "fid")]
-    assert {r["seed"] for r in long if r["method"] == "sct"} == {0, 1}
-    recipe = _ablation_recipe(tmp_path, 4, [2], seeds)
-    table = write_report(recipe, runs, tmp_path / "results")
+    assert {r["seed"] for r in long if r["method"] == "sct"} == {0, 1, 2}
+    table = write_report(read_manifest(runs, "tiny4"), runs, tmp_path / "results")
     assert set(table.n[table.method == "sct"]) == {3}  # one setting, three seeds, final rows only
-    curve = pd.read_csv(tmp_path / "results" / "tiny" / "fid_over_training.csv")
+    curve = pd.read_csv(tmp_path / "results" / "tiny4" / "fid_over_training.csv")
     assert sorted(curve.checkpoint_step.unique()) == [2, 4] and set(curve.n) == {3} and set(curve.runs) == {3}
-    assert (tmp_path / "results" / "tiny" / "fid_over_training.png").stat().st_size > 10_000
+    assert (tmp_path / "results" / "tiny4" / "fid_over_training.png").stat().st_size > 10_000
 
 
 def test_fid_over_training_counts_diverged_runs():
-    from harness.report import rows_frame
-    from harness.training_curves import curve_points, diverged_counts
+    from harness.report.rows import rows_frame
+    from harness.report.training_curves import curve_points, diverged_counts
 
     rows = []
     for ablation, fates in (("all", [False, False, False]), ("none", [False, True, True])):
@@ -184,7 +187,8 @@ def test_fid_over_training_counts_diverged_runs():
             for step in (50, 100):
                 if diverged and step == 50:
                     continue  # a diverged run has its diverged rows only
-                rows.append({"job": job, "variant": f"ablation={ablation},seed={seed}", "method": "sct", "nfe": 1,
+                rows.append({"job": job, "teacher_job": "teacher", "variant": f"ablation={ablation},seed={seed}",
+                             "stage": "sct", "method": "sct", "nfe": 1,
                              "metric": "fid", "seed": seed, "checkpoint_step": step, "diverged": diverged,
                              "intermediate": step == 50, "value": math.nan if diverged else 10.0 * seed + step})
     other_size = [{**row, "job": row["job"] + "-w8", "size": "w8", "value": row["value"] + 1000} for row in rows
@@ -202,15 +206,19 @@ def test_fid_over_training_counts_diverged_runs():
 
 
 def test_a_numeric_sweep_axis_is_read_for_its_plot(tmp_path):
-    """fid_vs_sweep: one `axis=number` per student setting (null = unset, drawn as a line); other sweeps get none."""
-    from harness.sweep_plot import swept_values, write_sweep_plot
+    """fid_vs_sweep: one `axis=value` per setting of the jobs trained from another (a value that is not a number,
+    e.g. `continuous`, is drawn as a line); other sweeps get none; rows of a job trained from scratch are left out."""
+    from harness.report.sweep_plot import swept_values, write_sweep_plot
 
     def table(settings):
-        return pd.DataFrame({"setting": settings, "method": "sct", "nfe": 1, "fid": range(10, 10 + len(settings))})
+        return pd.DataFrame({"setting": [*settings, ""], "method": [*["sct"] * len(settings), "diffusion"],
+                             "method_label": "sCT", "base": [*[False] * len(settings), True], "nfe": 1,
+                             "fid": range(10, 11 + len(settings))})
 
-    axis, values = swept_values(table(["stages.sct.discrete_steps=16", "stages.sct.discrete_steps=None",
-                                       "stages.sct.discrete_steps=1024"]))
-    assert axis == "stages.sct.discrete_steps" and values.tolist()[0::2] == [16, 1024] and math.isnan(values.iloc[1])
+    axis, values, written = swept_values(table(["discrete_steps=16", "discrete_steps=continuous",
+                                                "discrete_steps=1024"]))
+    assert axis == "discrete_steps" and values.tolist()[0::2] == [16, 1024] and math.isnan(values.iloc[1])
+    assert written.iloc[1] == "continuous"
     assert swept_values(table(["ablation=clipping", "ablation=none"])) is None  # not numbers
     assert swept_values(table(["a=1,seed=0", "a=2,seed=0"])) is None  # two axes
     assert swept_values(table(["a=1", "a=None"])) is None  # one value: no line to draw

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch import expand_jobs
-from harness.recipe import load_recipe
-from harness.sweep import expand_sweep
+from harness.recipe import expand_sweep, load_recipe, plan_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -38,7 +36,12 @@ def variants(name: str):
 
 
 def student_of(variant):
-    return [m for m in ("sct", "scd") if variant.stage(m) is not None]
+    """The stages trained from the teacher (named after their method in the paper recipes)."""
+    return [name for name, stage in variant.stages.items() if stage.init is not None]
+
+
+def proposal(stage):
+    return stage.settings.p_mean, stage.settings.p_std
 
 
 def baselines() -> list[dict]:
@@ -54,7 +57,7 @@ def test_recipe_loads_and_expands(path):
     expanded = expand_sweep(recipe)
     assert expanded and all(v.name == recipe.name for v in expanded)
     assert len({v.variant for v in expanded}) == len(expanded)
-    assert expand_jobs(recipe, Path("runs"))  # job ids (content hashes) can be made for every variant
+    assert plan_jobs(recipe, Path("runs")).train  # job ids (content hashes) can be made for every variant
 
 
 def test_the_six_paper_recipes_exist():
@@ -69,23 +72,23 @@ def test_paper_recipe_common_settings(name):
         assert v.sigma_data == 0.5
         assert v.network.time_embedding == "positional" and v.network.c_noise == "t"
         assert v.network.modulation == "double-norm"
-        assert v.evaluation.consistency_nfe == [1, 2]
-        assert v.evaluation.teacher_sampler == "dpm-solver-2s"
+        assert v.stages["teacher"].method == "diffusion" and v.stages["teacher"].sampling.sampler == "dpm-solver-2s"
         assert v.evaluation.features == "inception" and v.evaluation.reference
         classes = 1 if not v.data.class_conditional else 1000  # unconditional: samples_per_class is the total
         assert v.evaluation.samples_per_class * classes == 50_000
-        for method in ("teacher", *student_of(v)):
-            stage = v.stage(method)
-            if method != "teacher":
-                assert (stage.tangent.normalization, stage.tangent.norm_constant, stage.tangent.warmup_steps) == \
-                    ("norm", 0.1, 10_000)
+        for name in student_of(v):
+            stage = v.stages[name]
+            assert stage.method == name and stage.init == "teacher" and stage.sampling.steps == [1, 2]
+            assert stage.teacher == ("teacher" if name == "scd" else None)
+            tangent = stage.settings.tangent
+            assert (tangent.normalization, tangent.norm_constant, tangent.warmup_steps) == ("norm", 0.1, 10_000)
 
 
 @pytest.mark.parametrize("name", PAPER)
 def test_batches_split_over_ranks(name):
     for v in variants(name):
         for method in ("teacher", *student_of(v)):
-            stage, world = v.stage(method), v.stage_resources(method).world_size
+            stage, world = v.stages[method], v.stage_resources(method).world_size
             assert stage.batch_size % world == 0, (v.variant, method)
             share = stage.batch_size // world
             assert stage.micro_batch is None or share % stage.micro_batch == 0, (v.variant, method)
@@ -98,36 +101,36 @@ def test_table1_cifar10():
     (v,) = variants("table1_cifar10")
     assert v.data.name == "cifar10" and v.network.name == "ddpmpp" and not v.data.class_conditional
     assert (v.network.channels, v.network.channel_mult, v.network.blocks_per_level) == (128, [2, 2, 2], 4)
-    t, sct, scd = v.stages.teacher, v.stages.sct, v.stages.scd
+    t, sct, scd = v.stages["teacher"], v.stages["sct"], v.stages["scd"]
     assert (t.optimizer.name, t.optimizer.lr, tuple(t.optimizer.betas), t.optimizer.eps) == \
         ("adam", 1e-3, (0.9, 0.999), 1e-8)
-    assert t.steps == 400_000 and t.dropout == 0.13 and (t.p_mean, t.p_std) == (-1.2, 1.2)
+    assert t.steps == 400_000 and t.dropout == 0.13 and proposal(t) == (-1.2, 1.2)
     for stage in (sct, scd):
         opt = stage.optimizer
         assert (opt.name, opt.lr, tuple(opt.betas), opt.eps, opt.schedule) == ("radam", 1e-4, (0.9, 0.99), 1e-8,
                                                                                "constant")
-        assert (stage.p_mean, stage.p_std) == (-1.0, 1.4)
+        assert proposal(stage) == (-1.0, 1.4)
     assert sct.dropout == 0.2 and scd.dropout == 0.0
     for stage in (t, sct, scd):
         assert (stage.ema.kind, stage.ema.halflife_images) == ("halflife", 500_000)
-    assert v.evaluation.teacher_steps == 18
+    assert t.sampling.steps == 18 and t.sampling.guidance == 1.0
 
 
 # ---- ImageNet 64 ----------------------------------------------------------------------------------------------------
 
 def check_imagenet64(v):
     size = v.network.size
-    t = v.stages.teacher
+    t = v.stages["teacher"]
     assert v.data.name == "imagenet64" and v.network.name == "unet-edm2" and v.network.dropout_max_resolution == 16
     assert t.steps == TEACHER_STEPS_64[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_64[size]
     assert (t.optimizer.lr, t.optimizer.ref_steps, t.optimizer.schedule) == (TEACHER_LR[size], 35000, "inverse-sqrt")
-    assert (t.p_mean, t.p_std) == (-0.8, 1.6)
+    assert proposal(t) == (-0.8, 1.6)
     for method in student_of(v):
-        stage = v.stage(method)
-        assert stage.steps == 400_000 and (stage.p_mean, stage.p_std) == (-1.0, 1.6)
+        stage = v.stages[method]
+        assert stage.steps == 400_000 and proposal(stage) == (-1.0, 1.6)
         assert stage.dropout == (0.45 if method == "sct" else 0.0)
         assert stage.ema.sigma_rel == 0.05
-    assert v.evaluation.teacher_steps == 32
+    assert t.sampling.steps == 32
 
 
 def test_table1_imagenet64_has_the_sizes_table1_reports():
@@ -142,35 +145,36 @@ def test_table1_imagenet64_has_the_sizes_table1_reports():
 
 def test_fig6_scaling_64():
     vs = variants("fig6_scaling_64")
-    assert sorted((v.network.size, student_of(v)[0]) for v in vs) == \
+    assert sorted((v.network.size, student) for v in vs for student in student_of(v)) == \
         sorted((s, m) for s in SIZES_64 for m in ("sct", "scd"))
     fig6 = {row["size"] for row in baselines() if row["table"] == "fig6" and row["dataset"] == "imagenet64"}
     assert fig6 == set(SIZES_64)
     for v in vs:
-        assert len(student_of(v)) == 1
         check_imagenet64(v)
-    assert len(expand_jobs(load_recipe(RECIPES / "fig6_scaling_64.yaml"), Path("runs"))) == 4 + 8  # shared teachers
+    plan = plan_jobs(load_recipe(RECIPES / "fig6_scaling_64.yaml"), Path("runs"))
+    assert len(plan.train) == 4 + 8  # one teacher per size, shared by sCT and sCD
 
 
 # ---- ImageNet 512 ---------------------------------------------------------------------------------------------------
 
 def check_imagenet512(v):
     size = v.network.size
-    t = v.stages.teacher
+    t = v.stages["teacher"]
     assert v.data.name == "imagenet512-latents" and v.network.name == "unet-edm2"
     assert v.network.dropout_max_resolution == 16
     assert t.steps == TEACHER_STEPS_512[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_512[size]
     assert (t.optimizer.lr, t.optimizer.ref_steps) == (TEACHER_LR[size], 70000)
-    assert (t.p_mean, t.p_std) == (-0.4, 1.0) and t.label_dropout == 0.1
+    assert proposal(t) == (-0.4, 1.0) and t.label_dropout == 0.1
     for method in student_of(v):
-        stage = v.stage(method)
-        assert (stage.p_mean, stage.p_std) == (-0.8, 1.6)
+        stage = v.stages[method]
+        assert proposal(stage) == (-0.8, 1.6)
         assert stage.steps == (100_000 if method == "sct" else 200_000)
         assert stage.dropout == (SCT_DROPOUT_512 if method == "sct" else SCD_DROPOUT_512)[size]
         assert stage.precision == "fp16"
-    if v.stages.scd is not None:
-        assert v.network.guidance_input and tuple(v.stages.scd.guidance) == (1.0, 2.0)
-        assert set(v.evaluation.student_guidance) == SCD_GUIDANCE_512[size]
+    if "scd" in v.stages:
+        scd = v.stages["scd"]
+        assert scd.settings.guidance_input and tuple(scd.settings.guidance) == (1.0, 2.0)
+        assert set(scd.sampling.guidance) == SCD_GUIDANCE_512[size]
 
 
 def test_table2_sct():
@@ -196,31 +200,36 @@ def test_table2_scd_guidance_matches_baselines():
             best.setdefault(row["size"], set()).add(float(row["guidance"]))
     assert best == SCD_GUIDANCE_512
     for v in variants("table2_scd"):
-        assert set(v.evaluation.student_guidance) == best[v.network.size]
+        assert set(v.stages["scd"].sampling.guidance) == best[v.network.size]
 
 
 def test_fig6_scaling_512():
     recipe = load_recipe(RECIPES / "fig6_scaling_512.yaml")
     vs = expand_sweep(recipe)
-    assert sorted((v.network.size, student_of(v)[0]) for v in vs) == \
+    assert sorted((v.network.size, student) for v in vs for student in student_of(v)) == \
         sorted((s, m) for s in SIZES_512 for m in ("sct", "scd"))
     for v in vs:
-        assert len(student_of(v)) == 1
         check_imagenet512(v)
-    assert len(expand_jobs(recipe, Path("runs"))) == 5 + 10  # one teacher per size, shared by sCT and sCD
+    plan = plan_jobs(recipe, Path("runs"))
+    assert len(plan.train) == 5 + 10  # one teacher per size, shared by sCT and sCD
+    # ... and by Table 2's recipes: one content-addressed job, whichever recipe asks for it
+    teachers = {job.id for job in plan.train if job.stage == "teacher"}
+    for name in ("table2_sct", "table2_scd"):
+        assert {job.id for job in plan_jobs(load_recipe(RECIPES / f"{name}.yaml"), Path("runs")).train
+                if job.stage == "teacher"} == teachers
 
 
 @pytest.mark.parametrize("name", [n for n in PAPER if n != "table1_cifar10"])
 def test_imagenet_students_use_the_teachers_adam_at_a_hundredth(name):
     for v in variants(name):
-        t = v.stages.teacher.optimizer
+        t = v.stages["teacher"].optimizer
         assert (t.name, tuple(t.betas), t.eps) == ("adam", (0.9, 0.99), 1e-11)
         for method in student_of(v):
-            s = v.stage(method).optimizer
+            s = v.stages[method].optimizer
             assert math.isclose(s.lr, 0.01 * t.lr, rel_tol=1e-9), (v.variant, method)
             assert (s.name, tuple(s.betas), s.eps, s.schedule, s.ref_steps) == \
                 (t.name, tuple(t.betas), t.eps, t.schedule, t.ref_steps)
-            assert v.stage(method).precision == "fp16"
+            assert v.stages[method].precision == "fp16"
 
 
 # ---- every number carries its source --------------------------------------------------------------------------------

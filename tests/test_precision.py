@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from harness.precision import precision_rows
+from harness.tools.precision import precision_rows
 
 TOLERANCE = {"bfloat16": 3e-2, "float16": 5e-3}
 

@@ -12,13 +12,13 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.latents import LATENT_MEAN, LATENT_STD, decode_latents, encode_latents, load_vae
-from harness.prepare import (PreparedImages, center_crop, imagenet_images, load_prepared, prepare_cifar10,
-                             prepare_command, prepare_imagenet64, prepare_imagenet512_latents)
+from harness.data.latents import LATENT_MEAN, LATENT_STD, decode_latents, encode_latents, load_vae
+from harness.data.prepared import PreparedImages, load_prepared
+from harness.tools.prepare import (center_crop, imagenet_images, prepare_cifar10, prepare_imagenet64,
+                                   prepare_imagenet512_latents)
 
 PER_BATCH = 4  # images in each fake CIFAR-10 batch
 
@@ -321,9 +321,8 @@ def test_load_prepared_errors(tmp_path):
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.command("prepare")(prepare_command)
-    app.command("other")(lambda: None)  # a second command, so `prepare` is a subcommand as in scm-bench
+    from harness.cli import app
+
     runner = CliRunner()
     return lambda *args: runner.invoke(app, ["prepare", *map(str, args)])
 

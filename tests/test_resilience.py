@@ -16,39 +16,44 @@ import torch
 import yaml
 
 from harness import store
-from harness.launch import plan_jobs
-from harness.recipe import load_recipe
-from test_harness import ROOT, tiny_recipe
+from harness.recipe import load_recipe, plan_jobs
+from harness.store.checkpoints import _checksum_file
+from scm.methods import SCT
+from harness.run.entry import Task, run_task
+from helpers import ROOT, tiny_recipe
 
-RUN_JOB = "import json, sys; from harness.evaluate import run_job; run_job(json.load(open(sys.argv[1])))"
+RUN_JOB = ("import sys; from harness.recipe import TrainJob; from harness.run.entry import Task, run_task; "
+           "run_task(Task('train', TrainJob.model_validate_json(open(sys.argv[1]).read())))")
 
 
-def _jobs(tmp_path: Path, **stage_changes) -> dict:
-    """The tiny digits recipe's jobs (teacher 6 steps; sCT 60 steps, a checkpoint every 20)."""
+def _jobs(tmp_path: Path, *overrides) -> dict:
+    """The tiny digits recipe's training and evaluation jobs by stage (teacher 6 steps; sCT 60 steps, a
+    checkpoint every 20)."""
     path = tiny_recipe(tmp_path)
     raw = yaml.safe_load(path.read_text())
-    raw["stages"]["sct"].update(steps=60, checkpoint_every=20, batch_size=16, **stage_changes)
-    raw["evaluation"].update(samples_per_class=4, consistency_nfe=[1])
+    raw["stages"]["sct"].update(steps=60, checkpoint_every=20, batch_size=16, sampling={"steps": [1]})
+    raw["evaluation"].update(samples_per_class=4)
     path.write_text(yaml.safe_dump(raw))
-    jobs = plan_jobs(load_recipe(path), tmp_path / "runs")
-    for job in jobs.values():
-        job.update(threads=1, kind="train")
-    return jobs
+    plan = plan_jobs(load_recipe(path, list(overrides)), tmp_path / "runs")
+    return {job.stage: job for job in plan.train}, {job.train.stage: job for job in plan.evaluate}
 
 
 @pytest.fixture(scope="module")
 def trained_teacher(tmp_path_factory):
-    from harness.evaluate import run_job
-
     root = tmp_path_factory.mktemp("resume")
-    jobs = _jobs(root)
-    run_job(jobs["teacher"])
-    return root, jobs
+    jobs, evaluations = _jobs(root)
+    run_task(Task("train", jobs["teacher"]))
+    return root, jobs, evaluations
 
 
-def _start(job: dict, folder: Path) -> subprocess.Popen:
-    spec = folder / f"{Path(job['run_dir']).name}.json"
-    spec.write_text(json.dumps(job))
+def _moved(job, folder: Path):
+    """The same job in another folder (two copies of one job side by side)."""
+    return job.model_copy(update={"folder": str(folder)})
+
+
+def _start(job, folder: Path) -> subprocess.Popen:
+    spec = folder / f"{job.path.name}.json"
+    spec.write_text(job.model_dump_json())
     return subprocess.Popen([sys.executable, "-c", RUN_JOB, str(spec)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -64,12 +69,14 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
 def _assert_same_state(a: dict, b: dict) -> None:
     """Bitwise: weights, EMA, adaptive weighting, optimizer moments, every RNG, the step."""
     assert a["step"] == b["step"] and a["skipped"] == b["skipped"]
-    for key in ("net", "ema", "weight"):
+    for key in ("networks", "ema", "modules"):
         assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+        for part in a[key]:
+            for name in a[key][part]:
+                assert torch.equal(a[key][part][name], b[key][part][name]), f"{key}.{part}.{name} differs"
+    for role in a["optimizers"]:
+        for pa, pb in zip(a["optimizers"][role]["state"].values(), b["optimizers"][role]["state"].values()):
+            assert all(torch.equal(pa[k], pb[k]) for k in pa)
     for rng in ("data_rng", "noise_rng", "torch_rng"):
         assert torch.equal(a[rng], b[rng])
 
@@ -79,30 +86,28 @@ def test_an_interrupted_run_resumes_to_bitwise_the_same_end(trained_teacher, tmp
     """sCT (tangent warmup over the first steps, adaptive weighting, EMA) killed mid-way: SIGTERM saves the step
     it is at and exits; kill -9 loses the steps since the last checkpoint. Either way the resumed run ends with
     the weights, EMA, optimizer and RNG states of an uninterrupted run, and its evaluation gives the same FID."""
-    from harness.evaluate import evaluate_stage, run_job
+    from harness.run.evaluate import evaluate
 
-    root, jobs = trained_teacher
-    whole = {**jobs["sct"], "run_dir": str(tmp_path / "whole")}
-    cut = {**jobs["sct"], "run_dir": str(tmp_path / "cut")}
-    run_job(whole)
+    root, jobs, evaluations = trained_teacher
+    whole, cut = _moved(jobs["sct"], tmp_path / "whole"), _moved(jobs["sct"], tmp_path / "cut")
+    run_task(Task("train", whole))
     process = _start(cut, tmp_path)
-    _wait_for(store.checkpoint_path(Path(cut["run_dir"]), 20), process)
+    _wait_for(store.checkpoint_path(cut.path, 20), process)
     time.sleep(0.05)  # into the steps after the checkpoint
     process.send_signal(getattr(signal, how))
     process.wait(timeout=60)
-    saved = [int(p.stem.split("-")[1]) for p in store.checkpoints(Path(cut["run_dir"]))]
+    saved = [int(p.stem.split("-")[1]) for p in store.checkpoints(cut.path)]
     assert max(saved) < 60, "the job finished before the signal; the test did not interrupt it"
     if how == "SIGTERM":
         assert process.returncode != 0 and "stopped by SIGTERM" in process.stderr.read()
         assert max(saved) % 20 != 0, f"SIGTERM should save the step it stopped at, found {saved}"
-        assert store.read_json(Path(cut["run_dir"]) / "progress.json")["state"] == "stopped"
+        assert store.read_json(cut.path / "progress.json")["state"] == "stopped"
     else:
         assert process.returncode == -signal.SIGKILL and all(step % 20 == 0 for step in saved)
-    run_job(cut)  # the rerun resumes
-    final = {name: store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 60)) for name, job in
-             (("whole", whole), ("cut", cut))}
+    run_task(Task("train", cut))  # the rerun resumes
+    final = {name: store.load_checkpoint(job.final_checkpoint) for name, job in (("whole", whole), ("cut", cut))}
     _assert_same_state(final["whole"], final["cut"])
-    rows = {name: evaluate_stage({**job, "kind": "evaluate"}, str(store.checkpoint_path(Path(job["run_dir"]), 60)))
+    rows = {name: evaluate(evaluations["sct"].model_copy(update={"train": job, "folder": str(job.path / "eval")}), 1)
             for name, job in (("whole", whole), ("cut", cut))}
     assert [(r["metric"], r["value"]) for r in rows["whole"]] == [(r["metric"], r["value"]) for r in rows["cut"]]
 
@@ -151,7 +156,7 @@ def test_a_truncated_or_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, c
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     corrupt.write_bytes(bytes(data))
     torch.save({"step": 2, "w": Foreign()}, foreign)
-    store._checksum_file(foreign).unlink()  # no checksum: loading is the check
+    _checksum_file(foreign).unlink()  # no checksum: loading is the check
     path, state = store.newest_checkpoint(tmp_path)
     assert path == store.checkpoint_path(tmp_path, 1) and state["step"] == 1
     err = capfd.readouterr().err
@@ -160,58 +165,59 @@ def test_a_truncated_or_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, c
     assert f"skipping checkpoint {foreign}: it cannot be read (UnpicklingError" in err
 
 
-REAL_OBJECTIVE = __import__("harness.train").train._objective
+REAL_LOSS = SCT.loss  # taken once: a second sabotage wraps the real loss, not the first sabotage
 
 
 def _train_with(monkeypatch, job, bad_at: dict):
-    """train_stage with the objective sabotaged at the given steps ({step: term})."""
-    import harness.train as train
+    """train_stage with sCT's loss sabotaged at the given steps ({step: term})."""
+    from harness.run.train import train_stage
 
-    real = REAL_OBJECTIVE
+    real = REAL_LOSS
 
-    def objective(method, stage, recipe, state, *args):
-        loss, diag = real(method, stage, recipe, state, *args)
-        term = bad_at.get(state.step + 1)
+    def loss(self, nets, x0, labels, draws, step):
+        value, diag = real(self, nets, x0, labels, draws, step)
+        term = bad_at.get(step + 1)
         if term == "loss":
-            loss = loss * float("nan")
+            value = value * float("nan")
         elif term == "tangent":
             diag = {**diag, "tangent_norm": torch.tensor(float("inf"))}
         elif term == "gradient":  # finite value, NaN gradient: d sqrt(x)/dx at 0 is inf, times 0
-            loss = loss + torch.sqrt(0 * sum(p.sum() for p in state.net.parameters()))
-        return loss, diag
+            value = value + torch.sqrt(0 * sum(p.sum() for p in nets.net.parameters()))
+        return value, diag
 
-    monkeypatch.setattr(train, "_objective", objective)
-    return train.train_stage(job)
+    monkeypatch.setattr(SCT, "loss", loss)
+    return train_stage(job, threads=1)
 
 
 @pytest.mark.parametrize("term", ["loss", "tangent", "gradient"])
 def test_a_non_finite_term_stops_the_job_as_diverged(trained_teacher, tmp_path, monkeypatch, term):
-    from harness.status import job_rows
+    from harness.recipe import Plan, RunManifest
+    from harness.run.status import job_rows
 
-    _, jobs = trained_teacher
-    job = {**jobs["sct"], "run_dir": str(tmp_path / "runs" / "tiny" / "sct-x")}
-    store.write_json(Path(job["run_dir"]) / "job.json", job)  # as the launcher leaves it, for status
+    _, jobs, _ = trained_teacher
+    job = _moved(jobs["sct"], tmp_path / "sct-x")
     assert _train_with(monkeypatch, job, {7: term}) is None
-    record = store.read_json(Path(job["run_dir"]) / "diverged.json")
+    record = store.read_json(job.path / "diverged.json")
     assert (record["step"], record["term"], record["policy"]) == (7, term, "stop")
-    assert store.read_json(Path(job["run_dir"]) / "progress.json")["state"] == "diverged"
-    assert job_rows(tmp_path / "runs", "tiny")[0]["state"] == f"diverged at step 7 ({term})"
-    assert not store.checkpoint_path(Path(job["run_dir"]), 60).exists()
+    assert store.read_json(job.path / "progress.json")["state"] == "diverged"
+    manifest = RunManifest(recipe="tiny", source="tiny.yaml", plan=Plan(recipe="tiny", train=[job], evaluate=[]),
+                           written="now")
+    assert job_rows(manifest)[0]["state"] == f"diverged at step 7 ({term})"
+    assert not job.final_checkpoint.exists()
 
 
 def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(trained_teacher, tmp_path, monkeypatch):
-    _, jobs = trained_teacher
-    recipe = json.loads(json.dumps(jobs["sct"]["recipe"]))
-    recipe["stages"]["sct"].update(on_nonfinite="skip", max_skipped_steps=2)
-    job = {**jobs["sct"], "recipe": recipe, "run_dir": str(tmp_path / "skip")}
+    root, _, _ = trained_teacher
+    jobs, _ = _jobs(root, "stages.sct.on_nonfinite=skip", "stages.sct.max_skipped_steps=2")
+    job = _moved(jobs["sct"], tmp_path / "skip")
     assert _train_with(monkeypatch, job, {5: "loss", 50: "gradient"}) is not None
-    final = store.load_checkpoint(store.checkpoint_path(Path(job["run_dir"]), 60))
+    final = store.load_checkpoint(job.final_checkpoint)
     assert final["skipped"] == [{"step": 5, "term": "loss"}, {"step": 50, "term": "gradient"}]
-    assert all(torch.isfinite(v).all() for v in final["net"].values())
-    assert store.read_json(Path(job["run_dir"]) / "progress.json")["skipped"] == 2
-    job = {**job, "run_dir": str(tmp_path / "too-many")}
+    assert all(torch.isfinite(v).all() for v in final["networks"]["net"].values())
+    assert store.read_json(job.path / "progress.json")["skipped"] == 2
+    job = _moved(job, tmp_path / "too-many")
     assert _train_with(monkeypatch, job, {3: "loss", 4: "loss", 9: "tangent"}) is None
-    record = store.read_json(Path(job["run_dir"]) / "diverged.json")
+    record = store.read_json(job.path / "diverged.json")
     assert (record["step"], record["term"], record["skipped"]) == (9, "tangent", 3)
     assert "more than max_skipped_steps=2" in record["message"]
 
@@ -219,8 +225,9 @@ def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(traine
 def test_a_diverged_run_is_reported_as_diverged_never_with_a_number(tmp_path):
     """A real divergence (sCT at lr 1e30) in a whole recipe run: the teacher and sCD finish, sCT's rows say
     diverged with the step and term, the report shows "diverged" in its FID cell, and a rerun does not retrain."""
-    from harness.launch import run_recipe
-    from harness.report import write_report
+    from harness.recipe import read_manifest
+    from harness.report.report import write_report
+    from harness.run.runner import run_recipe
 
     class Quiet:
         def update(self, name, info):
@@ -232,25 +239,26 @@ def test_a_diverged_run_is_reported_as_diverged_never_with_a_number(tmp_path):
     raw["evaluation"]["samples_per_class"] = 3
     path.write_text(yaml.safe_dump(raw))
     recipe = load_recipe(path)
-    rows = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
+    rows = run_recipe(recipe, path, tmp_path / "runs", "debug", Quiet())
     sct = [r for r in rows if r["method"] == "sct"]
     assert sct and all(r["diverged"] and np.isnan(r["value"]) for r in sct)
     assert sct[0]["diverged_term"] in ("loss", "tangent", "gradient") and 1 <= sct[0]["diverged_step"] <= 6
     assert all(not r["diverged"] and np.isfinite(r["value"]) for r in rows if r["method"] != "sct")
-    table = (write_report(recipe, tmp_path / "runs", tmp_path / "results"), tmp_path / "results" / "tiny" / "table.md")
-    text = table[1].read_text()
+    write_report(read_manifest(tmp_path / "runs", "tiny"), tmp_path / "runs", tmp_path / "results")
+    text = (tmp_path / "results" / "tiny" / "table.md").read_text()
     assert len(re.findall(r"\| sCT .*\| diverged \|", text)) == 2, text
-    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "tiny").rglob("*.json")}
-    again = run_recipe(recipe, tmp_path / "runs", "debug", Quiet())
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "store").rglob("*.json")}
+    again = run_recipe(recipe, path, tmp_path / "runs", "debug", Quiet())
     assert json.dumps(again) == json.dumps(rows)  # the same rows (NaN included); nothing trained or evaluated again
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "tiny").rglob("*.json")} == stamp
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "store").rglob("*.json")} == stamp
 
 
 def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trained_teacher, tmp_path, monkeypatch):
-    from harness.train import train_stage
+    from harness.run import train
+    from harness.store import atomic
 
-    _, jobs = trained_teacher
-    job = {**jobs["sct"], "run_dir": str(tmp_path / "full")}
+    _, jobs, _ = trained_teacher
+    job = _moved(jobs["sct"], tmp_path / "full")
     real_fsync, real_save = os.fsync, store.save_checkpoint
 
     def full(fd):
@@ -258,19 +266,19 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trai
 
     def save(path, state):  # the disk fills up after the first checkpoint
         if state["step"] > 20:
-            monkeypatch.setattr(store.os, "fsync", full)
+            monkeypatch.setattr(atomic.os, "fsync", full)
         real_save(path, state)
 
     monkeypatch.setattr(store, "save_checkpoint", save)
     with pytest.raises(store.DiskError, match=r"^no space left on the device writing .*; free space there"):
-        train_stage(job)
-    kept = store.checkpoints(Path(job["run_dir"]))
+        train.train_stage(job, threads=1)
+    kept = store.checkpoints(job.path)
     assert kept and all(store.checkpoint_complete(p) for p in kept)
-    assert not [p for p in Path(job["run_dir"]).rglob(".*.tmp")]  # no partial file left behind
+    assert not [p for p in job.path.rglob(".*.tmp")]  # no partial file left behind
     assert [int(p.stem.split("-")[1]) for p in kept] == [20]
-    monkeypatch.setattr(store.os, "fsync", real_fsync)
+    monkeypatch.setattr(atomic.os, "fsync", real_fsync)
     monkeypatch.setattr(store, "save_checkpoint", real_save)
-    assert train_stage(job).endswith("step-00000060.pt")  # space again: it resumes and finishes
+    assert train.train_stage(job, threads=1).endswith("step-00000060.pt")  # space again: it resumes and finishes
 
 
 def test_an_unwritable_runs_folder_is_a_one_line_error(tmp_path):
@@ -302,7 +310,7 @@ for i in range(1, n + 1):
 def test_eight_concurrent_writers_lose_nothing_and_a_reader_never_fails(tmp_path):
     """8 processes (as array tasks) rewrite their metrics and status 150 times each while the report reads the
     store in a loop: every read parses, and at the end every job has all its rows."""
-    from harness.report import load_rows
+    from harness.report.rows import load_rows
 
     dirs = [tmp_path / f"sct-{k}" for k in range(8)]
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(d), "150"], cwd=ROOT) for d in dirs]
@@ -327,7 +335,9 @@ def test_nothing_is_loaded_in_a_way_that_can_run_code():
               r"(?<![.\w])(eval|exec)\(": "eval / exec", r"pickle\.loads?\(": "plain pickle loading",
               r"np\.load\([^)]*allow_pickle=True": "numpy pickle loading"}
     found = []
-    for path in [*ROOT.glob("harness/*.py"), *ROOT.glob("scm/**/*.py"), *ROOT.glob("benchmarks/*.py")]:
+    paths = [*ROOT.glob("harness/**/*.py"), *ROOT.glob("scm/**/*.py"), *ROOT.glob("benchmarks/*.py")]
+    assert len(paths) > 60  # every layer of the harness is read, not only its top folder
+    for path in paths:
         text = path.read_text()
         for pattern, what in unsafe.items():
             found += [f"{path.name}: {what}" for _ in re.finditer(pattern, text)]
@@ -344,12 +354,12 @@ def test_sigterm_to_the_launcher_stops_its_local_jobs_with_a_checkpoint(tmp_path
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-    progress = next(iter((tmp_path / "runs" / "tiny").glob("teacher-*")), None)
+    progress = next(iter((tmp_path / "runs" / "store").glob("diffusion-*")), None)
     deadline = time.time() + 120
     while progress is None or (store.read_json(progress / "progress.json", {}) or {}).get("step", 0) < 5:
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
         time.sleep(0.5)
-        progress = next(iter((tmp_path / "runs" / "tiny").glob("teacher-*")), None)
+        progress = next(iter((tmp_path / "runs" / "store").glob("diffusion-*")), None)
     launcher.send_signal(signal.SIGTERM)
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130 and "run the same command again to resume" in err

@@ -89,99 +89,104 @@ def test_a_failing_job_reports_its_exception(executor_factory):
         job.result()
 
 
+class Quiet:
+    def update(self, name, info):
+        pass
+
+
+SLURM = {"partition": "debug", "cpus_per_task": 1, "time_min": 10}
+
+
 def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
     """`executor: slurm`: teacher, then sCT and sCD as real Slurm jobs, then the same rows a rerun reads back."""
-    from test_harness import tiny_recipe
+    from helpers import tiny_recipe
 
-    from harness.launch import run_recipe
     from harness.recipe import load_recipe
+    from harness.run.runner import run_recipe
 
-    class Quiet:
-        def update(self, name, info):
-            pass
-
-    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm",
-                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
-    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
-    assert sorted((r["method"], r["nfe"]) for r in rows if r["metric"] == "fid") == [("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2),
-                                                            ("teacher", 7)]
+    path = tiny_recipe(tmp_path, executor="slurm", resources=SLURM)
+    rows = run_recipe(load_recipe(path), path, tmp_path / "runs", "slurm", Quiet())
+    assert sorted((r["stage"], r["nfe"]) for r in rows if r["metric"] == "fid") == [
+        ("scd", 1), ("scd", 2), ("sct", 1), ("sct", 2), ("teacher", 7)]
     logs = list((tmp_path / "runs" / "tiny" / "logs").glob("*_log.out"))
-    assert len(logs) == 6  # a Slurm job per stage for training and one for evaluation, logs in the run directory
-    assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet()) == rows
+    assert len(logs) == 6  # a Slurm job per stage for training and one for evaluation, logs in the run's folder
+    assert run_recipe(load_recipe(path), path, tmp_path / "runs", "slurm", Quiet()) == rows
 
 
 def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_path):
     """A seed sweep: the two teachers are one array, the four students another that waits (afterok) for the
-    teachers' tasks; generation for each evaluation is split over 2 array tasks per job, and each evaluation array
-    waits for its training and its generation tasks; every variant's rows come back."""
-    from test_harness import tiny_recipe
+    teachers' tasks; generation for each evaluation is split over 2 array tasks, and each evaluation waits for its
+    training and its generation tasks; every variant's rows come back."""
+    from helpers import tiny_recipe
 
-    from harness import store
-    from harness.launch import run_recipe
-    from harness.recipe import load_recipe
+    from harness.recipe import load_recipe, read_manifest
+    from harness.run.runner import run_recipe
+    from harness.run.submission import submitted
 
-    class Quiet:
-        def update(self, name, info):
-            pass
-
-    path = tiny_recipe(tmp_path, executor="slurm", sweep={"seed": [0, 1]},
-                       resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10})
+    path = tiny_recipe(tmp_path, executor="slurm", sweep={"seed": [0, 1]}, resources=SLURM)
     raw = yaml.safe_load(path.read_text())
     raw["evaluation"].update(array_tasks=2, shard_size=20)
     path.write_text(yaml.safe_dump(raw))
-    recipe = load_recipe(path)
-    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
-    assert sorted({r["variant"] for r in rows}) == ["seed=0", "seed=1"] and len([r for r in rows if r["metric"] == "fid"]) == 10
-    submitted = {d.name: store.read_json(d / "submitted.json") for d in (tmp_path / "runs" / "tiny").glob("*-*")}
-    assert len(submitted) == 6
-    array_of = {name: {kind: s[kind]["job_id"].split("_")[0] for kind in s} for name, s in submitted.items()}
-    teachers = {ids["train"] for name, ids in array_of.items() if name.startswith("teacher")}
-    students = {ids["train"] for name, ids in array_of.items() if not name.startswith("teacher")}
-    assert len(teachers) == 1 and len(students) == 1  # one array per stage
-    assert all("_" in s["train"]["job_id"] for s in submitted.values())
+    rows = run_recipe(load_recipe(path), path, tmp_path / "runs", "slurm", Quiet())
+    assert sorted({r["variant"] for r in rows}) == ["seed=0", "seed=1"]
+    assert len([r for r in rows if r["metric"] == "fid"]) == 10
+    plan = read_manifest(tmp_path / "runs", "tiny").plan
+    train = {job.id: (job, submitted(job.path)["train"]) for job in plan.train}
+    assert len(train) == 6 and all("_" in record["job_id"] for _, record in train.values())
+    array_of = {job_id: record["job_id"].split("_")[0] for job_id, (_, record) in train.items()}
+    teachers = {array_of[job.id] for job, _ in train.values() if job.stage == "teacher"}
+    students = {array_of[job.id] for job, _ in train.values() if job.stage != "teacher"}
+    assert len(teachers) == 1 and len(students) == 1  # one array per level of the job graph
     scripts = {p.name: p.read_text() for p in (tmp_path / "runs" / "tiny" / "logs").glob("*_submission.sh")}
-    student_array = next(iter(students))
-    student_script = next(text for name, text in scripts.items() if name.startswith(student_array))
-    teacher_tasks = sorted(s["train"]["job_id"] for n, s in submitted.items() if n.startswith("teacher"))
+    student_script = next(text for name, text in scripts.items() if name.startswith(next(iter(students))))
+    teacher_tasks = sorted(record["job_id"] for job, record in train.values() if job.stage == "teacher")
     assert f"--dependency=afterok:{':'.join(teacher_tasks)}" in student_script
-    for name, s in submitted.items():  # generation: 2 tasks of one array per stage, each after the job's training
-        assert {"generate-0", "generate-1"} <= set(s)
-        generate_script = next(text for n, text in scripts.items() if n.startswith(array_of[name]["generate-0"]))
-        assert s["train"]["job_id"] in generate_script
-        evaluate_script = next(text for n, text in scripts.items() if n.startswith(array_of[name]["evaluate"]))
-        assert all(s[k]["job_id"] in evaluate_script for k in ("train", "generate-0", "generate-1"))
-    assert len({ids["generate-0"] for ids in array_of.values()}) == 2  # teachers' and students' generation arrays
-    sample_dir = next((tmp_path / "runs" / "tiny").glob("sct-*")) / "samples" / "consistency-1"
-    assert len(list(sample_dir.glob("features-*.npy"))) == 4  # 80 samples in shards of 20
+    generation_arrays = set()
+    for job in plan.evaluate:  # generation: 2 tasks of one array per level, each after the job's training
+        records = submitted(job.path)
+        assert {"generate-0", "generate-1", "evaluate"} <= set(records)
+        trained = train[job.train.id][1]["job_id"]
+        generate_script = next(text for n, text in scripts.items()
+                               if n.startswith(records["generate-0"]["job_id"].split("_")[0]))
+        assert trained in generate_script
+        evaluate_script = next(text for n, text in scripts.items()
+                               if n.startswith(records["evaluate"]["job_id"].split("_")[0]))
+        assert trained in evaluate_script
+        assert all(records[k]["job_id"] in evaluate_script for k in ("generate-0", "generate-1"))
+        generation_arrays.add(records["generate-0"]["job_id"].split("_")[0])
+    assert len(generation_arrays) == 2  # teachers' and students' generation arrays
+    sct = next(job for job in plan.evaluate if job.train.stage == "sct")
+    assert len(list((sct.path / "samples" / "consistency-1").glob("features-*.npy"))) == 4  # 80 samples in 20s
+
+
+def _teacher(tmp_path, *overrides, **recipe_changes):
+    from helpers import stage_job, tiny_recipe
+
+    path = tiny_recipe(tmp_path / "recipe", **recipe_changes)
+    return stage_job(path, tmp_path / "runs", "teacher", list(overrides)), path
 
 
 def test_a_two_task_job_trains_with_gloo_ddp_on_slurm(executor_factory, tmp_path):
     """resources.tasks_per_node: 2 -> sbatch --ntasks-per-node=2; submitit's distributed environment joins the two
     tasks in one gloo group; rank 0 writes the checkpoint, which matches a one-process run (float sums aside)."""
     import torch
-    from test_harness import tiny_recipe
 
     from harness import store
-    from harness.launch import _submit, plan_jobs
-    from harness.recipe import load_recipe
-    from harness.train import train_stage
+    from harness.run.entry import Task
+    from harness.run.submission import submit_one
+    from harness.run.train import train_stage
 
-    jobs = {}
-    for name, tasks in (("ddp", 2), ("single", 1)):
-        recipe = load_recipe(tiny_recipe(tmp_path / name, resources={"partition": "debug", "cpus_per_task": 1,
-                                                                     "tasks_per_node": tasks}))
-        job = plan_jobs(recipe, tmp_path / name / "runs")["teacher"]
-        job["threads"] = 1
-        job["recipe"]["stages"]["teacher"].update(steps=3, batch_size=16, label_dropout=0.0)
-        jobs[name] = (job, recipe.stage_resources("teacher"))
-    handle = _submit(jobs["ddp"][0], "slurm", jobs["ddp"][1])
+    settings = ("stages.teacher.steps=3", "stages.teacher.batch_size=16", "stages.teacher.label_dropout=0.0")
+    ddp, _ = _teacher(tmp_path / "ddp", *settings, resources={**SLURM, "tasks_per_node": 2})
+    single, _ = _teacher(tmp_path / "single", *settings, resources=SLURM)
+    handle = submit_one(Task("train", ddp, threads=1), "slurm", ddp.resources)
     final = handle.results()
     assert len(final) == 2 and final[0] == final[1]  # both tasks ran and ended on the same checkpoint
-    assert store.read_json(Path(jobs["ddp"][0]["run_dir"]) / "progress.json")["ranks"] == 2
-    ddp = torch.load(final[0], weights_only=True)
-    single = torch.load(train_stage(jobs["single"][0]), weights_only=True)
-    for name, tensor in single["net"].items():
-        torch.testing.assert_close(ddp["net"][name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+    assert store.read_json(ddp.path / "progress.json")["ranks"] == 2
+    trained = torch.load(final[0], weights_only=True)
+    reference = torch.load(train_stage(single, threads=1), weights_only=True)
+    for name, tensor in reference["networks"]["net"].items():
+        torch.testing.assert_close(trained["networks"]["net"][name], tensor, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_factory, tmp_path):
@@ -190,25 +195,18 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_facto
     import time
 
     import torch
-    from test_harness import tiny_recipe
 
     from harness import store
-    from harness.launch import _submit, plan_jobs
-    from harness.recipe import load_recipe
-    from harness.train import train_stage
+    from harness.run.entry import Task
+    from harness.run.submission import submit_one
+    from harness.run.train import train_stage
 
-    recipe = load_recipe(tiny_recipe(tmp_path / "recipe", resources={"partition": "debug", "cpus_per_task": 1}))
-    jobs = {}
-    for name in ("slurm", "reference"):
-        job = plan_jobs(recipe, tmp_path / name)["teacher"]
-        job["threads"] = 1
-        job["recipe"]["stages"]["teacher"].update(steps=400, batch_size=16, checkpoint_every=40)
-        jobs[name] = job
-
-    handle = _submit(jobs["slurm"], "slurm", recipe.resources)
-    progress = Path(jobs["slurm"]["run_dir"]) / "progress.json"
+    settings = ("stages.teacher.steps=400", "stages.teacher.batch_size=16", "stages.teacher.checkpoint_every=40")
+    job, _ = _teacher(tmp_path / "slurm", *settings, resources=SLURM)
+    reference, _ = _teacher(tmp_path / "reference", *settings, resources=SLURM)
+    handle = submit_one(Task("train", job, threads=1), "slurm", job.resources)
     deadline = time.time() + 120
-    while store.read_json(progress, {}).get("step", 0) < 100:  # well into training, past two checkpoints
+    while store.read_json(job.path / "progress.json", {}).get("step", 0) < 100:  # past two checkpoints
         assert time.time() < deadline and not handle.done(), "the job never got going"
         time.sleep(0.1)
     subprocess.run(["scancel", "--signal=USR2", handle.job_id], check=True)
@@ -217,32 +215,34 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_uninterrupted(executor_facto
     log = Path(handle.paths.stderr).read_text() + Path(handle.paths.stdout).read_text()
     assert "requeue" in log.lower(), log[-2000:]  # submitit logs the checkpoint-and-requeue
 
-    interrupted = torch.load(train_stage(jobs["slurm"]), weights_only=True)  # already finished: just the path
-    uninterrupted = torch.load(train_stage(jobs["reference"]), weights_only=True)
+    interrupted = torch.load(train_stage(job, threads=1), weights_only=True)  # already finished: just the path
+    uninterrupted = torch.load(train_stage(reference, threads=1), weights_only=True)
     assert interrupted["step"] == uninterrupted["step"] == 400
-    for key in ("net", "ema"):
-        for name, tensor in uninterrupted[key].items():
-            assert torch.equal(interrupted[key][name], tensor), f"{key}.{name} differs"
+    for key in ("networks", "ema"):
+        for name, tensor in uninterrupted[key]["net"].items():
+            assert torch.equal(interrupted[key]["net"][name], tensor), f"{key}.{name} differs"
 
 
 def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_path):
+    """A run's manifest lists its jobs: status shows the running one with its Slurm id (and the others as pending);
+    cancel scancels it."""
     import sys
     import time
 
-    from test_harness import ROOT, tiny_recipe
+    from helpers import ROOT
 
     from harness import store
-    from harness.launch import _submit, plan_jobs
-    from harness.recipe import load_recipe
+    from harness.recipe import load_recipe, plan_jobs, write_manifest
+    from harness.run.entry import Task
+    from harness.run.submission import submit_one
 
-    path = tiny_recipe(tmp_path / "recipe", resources={"partition": "debug", "cpus_per_task": 1})
-    recipe = load_recipe(path)
-    job = plan_jobs(recipe, tmp_path / "runs")["teacher"]
-    job["threads"] = 1
-    job["recipe"]["stages"]["teacher"].update(steps=100_000, batch_size=16)
-    handle = _submit(job, "slurm", recipe.resources)
+    job, path = _teacher(tmp_path, "stages.teacher.steps=100000", "stages.teacher.batch_size=16", resources=SLURM)
+    plan = plan_jobs(load_recipe(path, ["stages.teacher.steps=100000", "stages.teacher.batch_size=16"]),
+                     tmp_path / "runs")
+    write_manifest(tmp_path / "runs", path, plan, [], False, "slurm")
+    handle = submit_one(Task("train", job, threads=1), "slurm", job.resources)
     deadline = time.time() + 60
-    while store.read_json(Path(job["run_dir"]) / "progress.json", {}).get("step", 0) < 5:
+    while store.read_json(job.path / "progress.json", {}).get("step", 0) < 5:
         assert time.time() < deadline
         time.sleep(0.2)
 
@@ -252,7 +252,9 @@ def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_pa
 
     shown = cli("status")
     assert shown.returncode == 0 and "running" in shown.stdout and handle.job_id in shown.stdout
-    assert "cancelled 1 job" in cli("cancel").stdout
+    assert "pending" in shown.stdout  # the students and the evaluations the run has not started
+    cancelled = cli("cancel")
+    assert "cancelled 1:" in cancelled.stdout and job.id in cancelled.stdout
     deadline = time.time() + 30
     while _sacct_state(handle) not in ("CANCELLED", "FAILED") and time.time() < deadline:
         time.sleep(0.5)
@@ -261,23 +263,18 @@ def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_pa
 
 def test_a_rerun_follows_queued_jobs_instead_of_submitting_them_again(executor_factory, tmp_path):
     """`run --no-wait`, then `run` again at once: the second run finds every job still queued or running in
-    Slurm, follows those (no second submission, which would fight the first over the run folder) and returns
+    Slurm, follows those (no second submission, which would fight the first over the job's folder) and returns
     the rows of the whole pipeline."""
-    from test_harness import tiny_recipe
+    from helpers import tiny_recipe
 
-    from harness.launch import run_recipe
     from harness.recipe import load_recipe
+    from harness.run.runner import run_recipe
 
-    class Quiet:
-        def update(self, name, info):
-            pass
-
-    recipe = load_recipe(tiny_recipe(tmp_path, executor="slurm",
-                                     resources={"partition": "debug", "cpus_per_task": 1, "time_min": 10}))
-    assert run_recipe(recipe, tmp_path / "runs", "slurm", Quiet(), wait=False) == []
+    path = tiny_recipe(tmp_path, executor="slurm", resources=SLURM)
+    assert run_recipe(load_recipe(path), path, tmp_path / "runs", "slurm", Quiet(), wait=False) == []
     logs = tmp_path / "runs" / "tiny" / "logs"
     first = sorted(p.name for p in logs.glob("*_submission.sh"))
-    assert len(first) == 4  # one per stage: teacher training and evaluation, student training and evaluation
-    rows = run_recipe(recipe, tmp_path / "runs", "slurm", Quiet())
+    assert len(first) == 4  # one per level and kind: teacher training and evaluation, students' training, theirs
+    rows = run_recipe(load_recipe(path), path, tmp_path / "runs", "slurm", Quiet())
     assert sorted(p.name for p in logs.glob("*_submission.sh")) == first  # nothing submitted twice
     assert len([r for r in rows if r["metric"] == "fid"]) == 5

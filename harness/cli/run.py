@@ -1,4 +1,5 @@
 """`scm-bench run`, `status` and `cancel`."""
+import os
 from pathlib import Path
 
 import typer
@@ -72,14 +73,16 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
     try:
         with StopRequests() as stop, Progress(*columns, console=console) as progress:
             rows = run_recipe(spec, recipe, runs_dir, kind, ProgressView(progress), stop, overrides,
-                              wait=wait or kind != "slurm")
+                              wait=wait or kind != "slurm", launcher_pid=os.getpid() if wait else None)
     except Stopped as stopped:
         typer.echo(f"interrupted by {stopped}: jobs stopped (training saved its step); run the same command again "
                    "to resume", err=True)
         raise typer.Exit(130)
-    except (RecipeError, RuntimeError, OSError, ValueError) as error:
+    except (RecipeError, ValueError) as error:  # about the recipe: named with it
         message = str(error)
         fail(message if message.startswith(str(recipe)) else f"{recipe}: {message}")
+    except (RuntimeError, OSError) as error:  # a job that failed, a disk that is full: their own message
+        fail(str(error))
     if kind == "slurm" and not wait:
         console.print(f"submitted; follow with: scm-bench status {recipe}{' --smoke' if smoke else ''}")
         return

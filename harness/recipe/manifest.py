@@ -5,7 +5,6 @@ with, and the plan (every typed job) it made. `report`, `status` and `cancel` re
 One recipe name, one manifest: a second recipe file with the same `name:` is refused (it would take over the
 first one's results) with the fix, instead of being misread as "no finished jobs".
 """
-import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,9 +64,11 @@ def check_owner(runs_root: Path, name: str, source: Path) -> None:
 
 
 def write_manifest(runs_root: Path, source: Path, plan: Plan, overrides: list[str], smoke: bool,
-                   executor: str) -> RunManifest:
-    launcher = (Launcher(pid=os.getpid(), host=socket.gethostname(), executor=executor,
-                         started=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                   executor: str, launcher_pid: int | None = None) -> RunManifest:
+    """Record the run; `launcher_pid`: the `scm-bench run` process that follows it (cancel stops it)."""
+    launcher = None if launcher_pid is None else Launcher(
+        pid=launcher_pid, host=socket.gethostname(), executor=executor,
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     manifest = RunManifest(recipe=plan.recipe, source=str(Path(source).resolve()), overrides=list(overrides),
                            smoke=smoke, plan=plan, launcher=launcher,
                            written=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -17,9 +17,10 @@ def prepare_run(recipe: Recipe, source: Path, runs_root: Path) -> Plan:
 
 
 def run_recipe(recipe: Recipe, source: Path, runs_root: Path, executor: str, progress_view, stop=None,
-               overrides: list[str] = (), wait: bool = True) -> list[dict]:
-    """Plan, check, write the manifest (runs/NAME/run.json) and run; every metrics row (with `wait`)."""
+               overrides: list[str] = (), wait: bool = True, launcher_pid: int | None = None) -> list[dict]:
+    """Plan, check, write the manifest (runs/NAME/run.json) and run; every metrics row (with `wait`).
+    `launcher_pid`: the process that follows the run, recorded so that `scm-bench cancel` can stop it."""
     plan = prepare_run(recipe, source, runs_root)
     store.ensure_writable(Path(runs_root) / recipe.name)
-    write_manifest(runs_root, source, plan, list(overrides), recipe.smoke, executor)
+    write_manifest(runs_root, source, plan, list(overrides), recipe.smoke, executor, launcher_pid)
     return run_plan(plan, executor, Path(runs_root) / recipe.name / "logs", progress_view, stop, wait)

@@ -80,7 +80,7 @@ def cancel_run(manifest: RunManifest) -> list[str]:
     directly (scancel on Slurm, SIGTERM locally). Returns what was stopped. Checkpoints stay: a later run resumes."""
     stopped = []
     launcher = manifest.launcher
-    if launcher and launcher.host == socket.gethostname() and _terminate(launcher.pid, ("harness", "scm-bench")):
+    if launcher and launcher.host == socket.gethostname() and _terminate(launcher.pid, ("harness.cli", "scm-bench")):
         stopped.append(f"launcher (pid {launcher.pid})")
     for row in job_rows(manifest):
         if row["state"] in ("trained", "finished") or row["state"].startswith("diverged"):

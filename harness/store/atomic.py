@@ -64,5 +64,5 @@ def write_json(path: Path, obj) -> None:
 def read_json(path: Path, default=None):
     try:
         return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return default
