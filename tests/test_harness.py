@@ -40,7 +40,7 @@ def test_shipped_recipes_validate():
     (lambda r: r["stages"]["sct"].update(method="dmd"), "stages.sct.method: 'dmd' is not a known method"),
     (lambda r: r["stages"]["teacher"].update(tangent={"warmup_steps": 0}), "stages.teacher.tangent: unknown field"),
     (lambda r: r["stages"]["sct"]["sampling"].update(guidance=[1.5]),
-     "stages.sct.sampling: guidance [1.5]: sct does not take the guidance scale as an input"),
+     "stages.sct.sampling.guidance: [1.5]: the network of sct has no guidance input"),
     (lambda r: r["stages"].update({"a/b": r["stages"].pop("scd")}), "stage name 'a/b'"),
 ])
 def test_bad_recipe_names_the_field(tmp_path, edit, expected):

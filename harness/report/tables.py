@@ -17,13 +17,16 @@ TABLE_COLUMNS = [*SETTING, "method_label", "base", "params_m", "train_minutes", 
 
 
 def _with_parent_ratio(frame: pd.DataFrame) -> pd.DataFrame:
-    """fid_ratio: each FID row over the FID of the job it was trained from (teacher_job of the same source: its
-    teacher, else its init; a job trained from scratch is its own), at that job's largest NFE."""
+    """fid_ratio: each FID row over the FID of the job it was trained from (teacher_job: its teacher, else its
+    init; a job trained from scratch is its own), at that job's largest NFE: as the same source evaluated it, else
+    as another source did (a run that starts from another recipe's teacher: jobs are shared by content)."""
     fid = frame.metric.eq("fid")
     parents = frame[fid & frame.base].dropna(subset=["value"]).sort_values("nfe", ascending=False)
-    parent_fid = parents.groupby(parents.source + "/" + parents.job).value.first()
-    ratio = frame.value / (frame.source + "/" + frame.teacher_job.astype(str)).map(parent_fid)
-    return frame.assign(fid_ratio=ratio.where(fid))
+    own = parents.groupby(parents.source + "/" + parents.job).value.first()
+    anyone = parents.sort_values("source", key=lambda s: s != OURS, kind="stable").groupby("job").value.first()
+    parent_fid = (frame.source + "/" + frame.teacher_job.astype(str)).map(own)
+    parent_fid = parent_fid.fillna(frame.teacher_job.astype(str).map(anyone))
+    return frame.assign(fid_ratio=(frame.value / parent_fid).where(fid))
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
