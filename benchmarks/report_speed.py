@@ -1,11 +1,11 @@
 """How long `scm-bench report` takes on 10,000 metrics rows (target: under 2 s).
 
-The rows are written as real runs would leave them: metrics.json files (long format) for every job of
-fig6_scaling_512 with a seed axis added and 8 consistency NFEs, so one recipe has 5 sizes x 20 seeds x (teacher 4 +
-sCT 32 + sCD 64) rows = 10,000 rows in 300 job folders, each row pointing at a sample grid. Then:
+The rows are written as real runs would leave them: a run manifest and a metrics.json (long format) in every
+evaluation of fig6_scaling_512 with a seed axis added and 8 consistency NFEs, so one recipe has 5 sizes x 20 seeds x
+(teacher 4 + sCT 32 + sCD 64) rows = 10,000 rows in 300 evaluation folders, each row pointing at a sample grid. Then:
   cold: write_report in a fresh Python process, imports included (pandas, matplotlib, the harness), as the CLI runs
-  warm: the same call again in this process, and its parts: gather (expand_jobs, 300 metrics.json, evaluation keys),
-        tables (seeds averaged, the paper joined, Markdown / LaTeX / CSV text), plots (2 figures, PNG + PDF each)
+  warm: the same call again in this process, and its parts: gather (the manifest, 300 metrics.json), tables (seeds
+        averaged, the paper joined, Markdown / LaTeX / CSV text), plots (2 figures, PNG + PDF each)
   import: matplotlib (Figure, Agg and PDF backends) alone, in a fresh process
 Usage: python benchmarks/report_speed.py [--seeds 20] [--nfe 8] [--repeats 3]
 """
@@ -22,39 +22,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 METRICS = ("fid", "kid", "class_accuracy", "fd_dinov2")
+RECIPE = ROOT / "recipes" / "fig6_scaling_512.yaml"
 TARGET_S = 2.0
 
 
 def build_recipe(seeds: int, nfe: int):
-    from harness.recipe import load_recipe
+    from harness.recipe.load import load_recipe
 
-    return load_recipe(ROOT / "recipes" / "fig6_scaling_512.yaml",
-                       [f"sweep.seed={list(range(seeds))}", f"evaluation.consistency_nfe={list(range(1, nfe + 1))}"])
+    steps = list(range(1, nfe + 1))
+    return load_recipe(RECIPE, [f"sweep.seed={list(range(seeds))}", f"stages.sct.sampling.steps={steps}",
+                                f"stages.scd.sampling.steps={steps}"])
 
 
 def write_runs(recipe, runs: Path, grid: Path) -> int:
-    """metrics.json for every job, as harness/evaluate.py writes them; returns the number of rows."""
-    from harness.evaluate import evaluation_key, sample_settings
-    from harness.launch import expand_jobs
-    from harness.recipe import Recipe
+    """The manifest and a metrics.json for every evaluation, as a run leaves them; returns the number of rows."""
+    from harness.recipe.manifest import write_manifest
+    from harness.recipe.planner import plan_jobs
 
     rng, count = random.Random(0), 0
-    for job in expand_jobs(recipe, runs):
-        variant = Recipe.model_validate(job["recipe"])
-        run_dir = Path(job["run_dir"])
-        common = dict(recipe=recipe.name, variant=job["variant"], job=run_dir.name,
-                      teacher_job=job.get("teacher", run_dir.name), method=job["method"], size=variant.network.size,
-                      params_m=280.2, seed=variant.seed, ema="power sigma_rel=0.05", checkpoint_step=100000,
-                      num_samples=50000, reference="fid-refs.npz", reference_hash="0123456789",
-                      features="inception-legacy_tensorflow", code_version="c6a30c5", date="2025-01-02T03:04:05",
-                      grid=str(grid), train_seconds=3600.0, real_vs_real_half_fid=None,
-                      diverged=rng.random() < 0.01)
-        rows = [{**common, "sampler": sampler, "nfe": steps if sampler == "consistency" else 2 * steps - 1,
-                 "guidance": guidance, "metric": metric, "value": rng.uniform(2, 10)}
-                for sampler, steps, guidance in sample_settings(variant, job["method"]) for metric in METRICS]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.json").write_text(json.dumps({"key": {"evaluation": evaluation_key(variant)},
-                                                          "rows": rows}))
+    plan = plan_jobs(recipe, runs)
+    write_manifest(runs, RECIPE, plan, [], False, "slurm")
+    for job in plan.evaluate:
+        train = job.train
+        common = dict(recipe=recipe.name, variant=job.variant, stage=train.stage, job=train.id, evaluation=job.id,
+                      teacher_job=train.parent_id, method=train.method_class.name,
+                      method_label=train.method_class.label, size=train.size, params_m=280.2, seed=train.seed,
+                      ema="power sigma_rel=0.05", checkpoint_step=100000, num_samples=50000,
+                      reference="fid-refs.npz", reference_hash="0123456789", features="inception-legacy_tensorflow",
+                      code_version="c6a30c5", date="2025-01-02T03:04:05", grid=str(grid), train_seconds=3600.0,
+                      real_vs_real_half_fid=None, diverged=rng.random() < 0.01)
+        rows = [{**common, "sampler": setting.sampler, "nfe": setting.nfe(True), "guidance": setting.guidance,
+                 "metric": metric, "value": rng.uniform(2, 10)}
+                for setting in train.method().sample_settings(job.sampling) for metric in METRICS]
+        job.path.mkdir(parents=True, exist_ok=True)
+        (job.path / "metrics.json").write_text(json.dumps({"key": {}, "rows": rows}))
         count += len(rows)
     return count
 
@@ -71,9 +72,8 @@ def timed(fn, repeats: int) -> float:
 def cold_seconds(seeds: int, nfe: int, runs: Path, results: Path) -> float:
     """write_report in a fresh process: what a user waits for, imports included."""
     code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); t = time.perf_counter(); "
-            "from harness.report import write_report; "
-            "from benchmarks.report_speed import build_recipe; "
-            f"write_report(build_recipe({seeds}, {nfe}), {str(runs)!r}, {str(results)!r}); "
+            "from harness.report.report import write_report; from harness.store.runs import read_index; "
+            f"write_report(read_index({str(runs)!r}, 'fig6_scaling_512'), {str(runs)!r}, {str(results)!r}); "
             "print(time.perf_counter() - t)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return float(done.stdout.split()[-1])
@@ -87,24 +87,26 @@ def matplotlib_import_seconds() -> float:
 
 def parts(recipe, runs: Path, results: Path, repeats: int) -> dict:
     """Warm seconds of each part of write_report (median of repeats)."""
-    from harness import report
-    from harness.plots import write_plots
+    from harness.report import paper, render, report, rows, tables
+    from harness.report.plots import write_plots
+    from harness.store.runs import read_index
 
-    frame = report.gather_sources(recipe, runs)
-    paper = report.paper_rows(recipe.name, report.load_baselines())
+    manifest = read_index(runs, recipe.name)
+    frame = rows.gather_sources(manifest, runs)
+    baselines = paper.paper_rows(recipe.name, paper.load_baselines())
 
-    def tables():
-        table = report.compile_table(report.with_paper(report.aggregate(frame), paper))
-        shown = report.display_table(table)
-        return report.markdown_table(shown), report.latex_table(shown, "x"), table.to_csv()
+    def compiled():
+        table = tables.compile_table(tables.with_paper(tables.aggregate(frame), baselines))
+        shown = tables.display_table(table)
+        return render.markdown_table(shown), render.latex_table(shown, "x"), table.to_csv()
 
-    table = report.compile_table(report.with_paper(report.aggregate(frame), paper))
+    table = tables.compile_table(tables.with_paper(tables.aggregate(frame), baselines))
     return {"rows": len(frame), "settings": len(table),
-            "gather": timed(lambda: report.gather_sources(recipe, runs), repeats),
-            "tables": timed(tables, repeats),
-            "grids": timed(lambda: report.copy_grids(table, results / "parts"), repeats),
-            "plots": timed(lambda: write_plots(table, paper, results / "parts", recipe.name), repeats),
-            "write_report": timed(lambda: report.write_report(recipe, runs, results), repeats)}
+            "gather": timed(lambda: rows.gather_sources(manifest, runs), repeats),
+            "tables": timed(compiled, repeats),
+            "grids": timed(lambda: render.copy_grids(table, results / "parts"), repeats),
+            "plots": timed(lambda: write_plots(table, baselines, results / "parts", recipe.name), repeats),
+            "write_report": timed(lambda: report.write_report(manifest, runs, results), repeats)}
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Train the digits FID classifier deterministically and ship its weights.
 
 Usage: cd <repo root> && python scripts/train_digits_classifier.py
-Writes harness/assets/digits_classifier.pt (state_dict) and digits_classifier.json (metadata).
+Writes harness/evaluation/assets/digits_classifier.pt (state_dict) and digits_classifier.json (metadata).
 """
 
 import io
@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO_ROOT))  # the repo is not necessarily pip-installed
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from harness.classifier import (  # noqa: E402
+from harness.evaluation.classifier import (  # noqa: E402
     ASSETS_DIR, DEFAULT_WEIGHTS, SPLIT_SPEC, DigitsClassifier, digits_split,
 )
 

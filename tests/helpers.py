@@ -3,7 +3,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.recipe import load_recipe, plan_jobs
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

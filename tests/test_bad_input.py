@@ -192,7 +192,8 @@ def test_checkpoint_of_another_network(step, tmp_path, monkeypatch, no_submissio
     """The teacher job's folder already holds a checkpoint written for another network (a resume point, or the
     final one that sCT / sCD would start from): refused before anything is submitted, naming the file."""
     import torch
-    from harness.recipe import load_recipe, plan_jobs
+    from harness.recipe.load import load_recipe
+    from harness.recipe.planner import plan_jobs
 
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "recipes" / "digits.yaml"

@@ -80,7 +80,8 @@ def test_a_run_reports_fd_dinov2_beside_fid(hub, tmp_path):
     from helpers import tiny_recipe
 
     from harness.evaluation.reference import reference_statistics
-    from harness.recipe import load_recipe, plan_jobs
+    from harness.recipe.load import load_recipe
+    from harness.recipe.planner import plan_jobs
     from harness.run.runner import run_recipe
 
     class Quiet:

@@ -8,7 +8,8 @@ import torch
 import torch.multiprocessing as mp
 
 from harness.compute.distributed import Ranks
-from harness.recipe import load_recipe, plan_jobs
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
 from harness.run.train import accumulate_gradients, build_training, train_stage
 from helpers import tiny_recipe
 
@@ -119,7 +120,7 @@ def test_a_two_task_job_trains_with_ddp_through_submitit(tmp_path):
     import submitit
 
     from harness import store
-    from harness.recipe import ResourcesConfig
+    from harness.recipe.sections import ResourcesConfig
     from harness.run.entry import JobEntry, Task
 
     two = _jobs(tmp_path / "two", 2, "stages.teacher.label_dropout=0.0")["teacher"]

@@ -16,7 +16,7 @@ from harness.evaluation.images import to_uint8
 from harness.evaluation.metrics import frechet_distance
 from harness.evaluation.reference import check_reference
 from harness.evaluation.shards import Sampler, shard_features
-from harness.recipe import load_recipe
+from harness.recipe.load import load_recipe
 from scm.methods import SCT, Diffusion, Setting
 from helpers import ROOT
 

@@ -147,7 +147,9 @@ def test_fid_over_training_and_student_seeds(tmp_path):
     """A 4-step student evaluated at step 2 (during_training) gives exactly the rows of the same student trained for
     2 steps; students' own seeds share one teacher, seed 0 given explicitly is the default's very job (a job is its
     content), seed 1 differs; the report's tables keep final rows and its curve has every seed's point."""
-    from harness.recipe import load_recipe, plan_jobs, read_manifest
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import read_manifest
+    from harness.recipe.planner import plan_jobs
     from harness.report.report import write_report
     from harness.run.runner import run_recipe
 

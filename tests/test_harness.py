@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RecipeError, load_recipe
+from harness.recipe.load import load_recipe
+from harness.recipe.text import RecipeError
 from helpers import ROOT, evaluation_of, stage_job, tiny_recipe  # noqa: F401 - ROOT, tiny_recipe: used by others
 
 
@@ -178,7 +179,7 @@ class Quiet:
 def test_pipeline_end_to_end_and_resume(tmp_path):
     """teacher -> sCT, sCD -> evaluation -> report; a second run reuses every finished job; the report reads
     exactly what the run's manifest lists."""
-    from harness.recipe import read_manifest
+    from harness.recipe.manifest import read_manifest
     from harness.report.report import write_report
     from harness.run.runner import run_recipe
     from harness.run.status import job_rows
@@ -212,6 +213,14 @@ def test_cli_help_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
     done = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and "run" in done.stdout and "report" in done.stdout
+
+
+def test_the_report_does_not_import_torch():
+    """`scm-bench report` reads what a run evaluated through the store's view of its manifest: no method, no torch
+    (a second and more at every report otherwise)."""
+    code = ("import sys, harness.report.report, harness.store.runs, harness.cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def _short_job(tmp_path, stage="teacher", steps=6):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.recipe import expand_sweep, load_recipe, plan_jobs
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
+from harness.recipe.sweep import expand_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

@@ -8,7 +8,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from harness.compute import training_network
-from harness.recipe import ResourcesConfig, load_recipe, plan_jobs
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
+from harness.recipe.sections import ResourcesConfig
 from harness.tools import cost as plan_cost
 from harness.tools import plan
 

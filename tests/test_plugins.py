@@ -51,7 +51,8 @@ def test_a_module_path_names_a_method_without_installing_it(monkeypatch):
 
 
 def test_its_settings_are_validated_with_the_stage_and_the_field(installed, tmp_path):
-    from harness.recipe import RecipeError, load_recipe
+    from harness.recipe.load import load_recipe
+    from harness.recipe.text import RecipeError
 
     path = PLUGIN / "uniform_ct.yaml"
     assert load_recipe(path).stages["student"].settings.t_high == 1.5
@@ -110,7 +111,10 @@ def test_a_plugged_in_method_runs_from_a_recipe_and_is_reported_beside_the_built
 def test_a_stage_can_start_from_another_recipe_s_stage_or_from_a_checkpoint(tmp_path):
     """`init: {recipe: FILE, stage: NAME}` plans that recipe's job (the same id, shared in the store); `init:
     {checkpoint: FILE}` reads a training checkpoint's EMA weights, and the student trains from it."""
-    from harness.recipe import Checkpoint, RecipeError, load_recipe, plan_jobs
+    from harness.recipe.jobs import Checkpoint
+    from harness.recipe.load import load_recipe
+    from harness.recipe.planner import plan_jobs
+    from harness.recipe.text import RecipeError
     from harness.run.train import train_stage
 
     path = tiny_recipe(tmp_path)

@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 
 from harness import store
 from harness.cli import app
-from harness.recipe import EvalJob, RunManifest, load_recipe, plan_jobs, read_manifest, write_manifest
+from harness.recipe.jobs import EvalJob
+from harness.recipe.load import load_recipe
+from harness.recipe.manifest import read_manifest, RunManifest, write_manifest
+from harness.recipe.planner import plan_jobs
 from harness.report.paper import load_baselines
 from harness.report.report import write_report
 

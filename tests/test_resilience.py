@@ -16,13 +16,14 @@ import torch
 import yaml
 
 from harness import store
-from harness.recipe import load_recipe, plan_jobs
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
 from harness.store.checkpoints import _checksum_file
 from scm.methods import SCT
 from harness.run.entry import Task, run_task
 from helpers import ROOT, tiny_recipe
 
-RUN_JOB = ("import sys; from harness.recipe import TrainJob; from harness.run.entry import Task, run_task; "
+RUN_JOB = ("import sys; from harness.recipe.jobs import TrainJob; from harness.run.entry import Task, run_task; "
            "run_task(Task('train', TrainJob.model_validate_json(open(sys.argv[1]).read())))")
 
 
@@ -191,7 +192,8 @@ def _train_with(monkeypatch, job, bad_at: dict):
 
 @pytest.mark.parametrize("term", ["loss", "tangent", "gradient"])
 def test_a_non_finite_term_stops_the_job_as_diverged(trained_teacher, tmp_path, monkeypatch, term):
-    from harness.recipe import Plan, RunManifest
+    from harness.recipe.jobs import Plan
+    from harness.recipe.manifest import RunManifest
     from harness.run.status import job_rows
 
     _, jobs, _ = trained_teacher
@@ -225,7 +227,7 @@ def test_the_skip_policy_counts_skipped_steps_and_gives_up_past_the_limit(traine
 def test_a_diverged_run_is_reported_as_diverged_never_with_a_number(tmp_path):
     """A real divergence (sCT at lr 1e30) in a whole recipe run: the teacher and sCD finish, sCT's rows say
     diverged with the step and term, the report shows "diverged" in its FID cell, and a rerun does not retrain."""
-    from harness.recipe import read_manifest
+    from harness.recipe.manifest import read_manifest
     from harness.report.report import write_report
     from harness.run.runner import run_recipe
 

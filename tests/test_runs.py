@@ -39,7 +39,9 @@ def test_report_with_nothing_to_report_exits_non_zero(tmp_path):
     path = tiny_recipe(tmp_path)
     never = cli("report", path, "--runs-dir", tmp_path / "runs")
     assert never.returncode == 2 and "no run of tiny" in never.stderr and "scm-bench run" in never.stderr
-    from harness.recipe import load_recipe, plan_jobs, write_manifest
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import write_manifest
+    from harness.recipe.planner import plan_jobs
 
     write_manifest(tmp_path / "runs", path, plan_jobs(load_recipe(path), tmp_path / "runs"), [], False, "local")
     unfinished = cli("report", path, "--runs-dir", tmp_path / "runs", "--results-dir", tmp_path / "results")
@@ -48,7 +50,9 @@ def test_report_with_nothing_to_report_exits_non_zero(tmp_path):
 
 
 def test_status_lists_every_job_of_the_run_pending_ones_too_by_variant(tmp_path):
-    from harness.recipe import load_recipe, plan_jobs, write_manifest
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import write_manifest
+    from harness.recipe.planner import plan_jobs
 
     path = tiny_recipe(tmp_path, sweep={"stages.sct.p_mean": [-1.0, -0.8]})
     plan = plan_jobs(load_recipe(path), tmp_path / "runs")
@@ -78,7 +82,8 @@ def test_a_copied_recipe_that_keeps_its_name_is_refused_with_the_fix(tmp_path):
 
 
 def test_smoke_says_which_set_values_it_replaces(tmp_path):
-    from harness.recipe import load_recipe, replaced_by_smoke
+    from harness.recipe.load import load_recipe
+    from harness.recipe.smoke import replaced_by_smoke
 
     path = tiny_recipe(tmp_path)
     keys = ["stages.teacher.steps", "stages.sct.tangent.warmup_steps", "evaluation.samples_per_class",

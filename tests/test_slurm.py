@@ -101,7 +101,7 @@ def test_the_digits_pipeline_runs_as_slurm_jobs(executor_factory, tmp_path):
     """`executor: slurm`: teacher, then sCT and sCD as real Slurm jobs, then the same rows a rerun reads back."""
     from helpers import tiny_recipe
 
-    from harness.recipe import load_recipe
+    from harness.recipe.load import load_recipe
     from harness.run.runner import run_recipe
 
     path = tiny_recipe(tmp_path, executor="slurm", resources=SLURM)
@@ -119,7 +119,8 @@ def test_a_sweep_goes_out_as_arrays_chained_by_afterok(executor_factory, tmp_pat
     training and its generation tasks; every variant's rows come back."""
     from helpers import tiny_recipe
 
-    from harness.recipe import load_recipe, read_manifest
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import read_manifest
     from harness.run.runner import run_recipe
     from harness.run.submission import submitted
 
@@ -232,7 +233,9 @@ def test_status_shows_a_running_job_and_cancel_stops_it(executor_factory, tmp_pa
     from helpers import ROOT
 
     from harness import store
-    from harness.recipe import load_recipe, plan_jobs, write_manifest
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import write_manifest
+    from harness.recipe.planner import plan_jobs
     from harness.run.entry import Task
     from harness.run.submission import submit_one
 
@@ -267,7 +270,7 @@ def test_a_rerun_follows_queued_jobs_instead_of_submitting_them_again(executor_f
     the rows of the whole pipeline."""
     from helpers import tiny_recipe
 
-    from harness.recipe import load_recipe
+    from harness.recipe.load import load_recipe
     from harness.run.runner import run_recipe
 
     path = tiny_recipe(tmp_path, executor="slurm", resources=SLURM)

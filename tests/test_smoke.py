@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.recipe import expand_sweep, load_recipe, read_manifest, smoke_recipe
+from harness.recipe.load import load_recipe
+from harness.recipe.manifest import read_manifest
+from harness.recipe.smoke import smoke_recipe
+from harness.recipe.sweep import expand_sweep
 from harness.report.report import write_report
 from harness.run.runner import run_recipe
 

@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.recipe import RecipeError, expand_sweep, load_recipe, plan_jobs, smoke_recipe
+from harness.recipe.load import load_recipe
+from harness.recipe.planner import plan_jobs
+from harness.recipe.smoke import smoke_recipe
+from harness.recipe.sweep import expand_sweep
+from harness.recipe.text import RecipeError
 from helpers import ROOT, tiny_recipe
 
 

@@ -21,7 +21,10 @@ def fail(message: str) -> None:
 
 def load(path: Path, overrides: list[str] = (), smoke: bool = False):
     """The validated recipe (every sweep variant checked), at toy scale with --smoke; a bad one ends the command."""
-    from ..recipe import RecipeError, expand_sweep, load_recipe, smoke_recipe  # torch: not on --help's path
+    from ..recipe.load import load_recipe  # torch: not on --help's path
+    from ..recipe.smoke import smoke_recipe
+    from ..recipe.sweep import expand_sweep
+    from ..recipe.text import RecipeError
 
     try:
         recipe = load_recipe(path, overrides)
@@ -33,15 +36,22 @@ def load(path: Path, overrides: list[str] = (), smoke: bool = False):
         fail(message if message.startswith(str(path)) else f"{path}: {message}")
 
 
-def manifest_of(recipe: Path, runs_dir: Path, smoke: bool):
-    """The manifest of the run a recipe file made (its name read from the file), or a one-line error."""
-    from ..recipe import RecipeError, check_owner, read_raw
-    from ..report.rows import find_manifest
+def run_of(recipe: Path, runs_dir: Path, smoke: bool, full: bool = True):
+    """The run a recipe file made (its name read from the file): its manifest (`full`: the typed plan, for status
+    and cancel; else what it evaluated, for the report), or a one-line error."""
+    from ..recipe.text import RecipeError
+    from ..report.rows import find_manifest, recipe_name
+    from ..store.runs import check_owner
 
     try:
-        name = str(read_raw(recipe).get("name", recipe.stem))
-        check_owner(runs_dir, name + ("-smoke" if smoke else ""), recipe)
-        return find_manifest(name, runs_dir, smoke)
+        name = recipe_name(recipe) + ("-smoke" if smoke else "")
+        check_owner(runs_dir, name, recipe)
+        index = find_manifest(name, runs_dir)
+        if not full:
+            return index
+        from ..recipe.manifest import read_manifest  # the typed plan needs the methods, and so torch
+
+        return read_manifest(runs_dir, index.recipe)
     except (RecipeError, ValueError) as error:
         fail(str(error))
 

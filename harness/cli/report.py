@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESULTS, RUNS, fail, manifest_of
+from .common import RESULTS, RUNS, fail, run_of
 
 
 def _print_table(console, table, title: str) -> None:
@@ -26,17 +26,18 @@ def _print_table(console, table, title: str) -> None:
 
 
 def _manifests(recipes: list[Path], runs_dir: Path, smoke: bool) -> list:
-    """The runs to report: those of the recipes named, else every run under the runs folder."""
-    from ..recipe import RecipeError, manifests, read_manifest
+    """The runs to report (what each evaluated): those of the recipes named, else every run under the runs
+    folder."""
+    from ..store.runs import RunError, manifests, read_index
 
     if recipes:
-        return [manifest_of(path, runs_dir, smoke) for path in recipes]
+        return [run_of(path, runs_dir, smoke, full=False) for path in recipes]
     names = [name for name in manifests(runs_dir) if name.endswith("-smoke") == smoke]
     if not names:
         fail(f"no runs found under {runs_dir}; run a recipe first: scm-bench run recipes/digits.yaml")
     try:
-        return [read_manifest(runs_dir, name) for name in names]
-    except RecipeError as error:
+        return [read_index(runs_dir, name) for name in names]
+    except RunError as error:
         fail(str(error))
 
 
@@ -51,7 +52,7 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
     runs = _manifests(recipes, runs_dir, smoke)  # every run found before any report is written
     from rich.console import Console
 
-    from ..recipe import RecipeError
+    from ..recipe.text import RecipeError
     from ..report.report import write_report
     from ..report.rows import OURS, find_manifest, source_label
 

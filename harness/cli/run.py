@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RUNS, SET, SMOKE, executor_of, fail, load, manifest_of
+from .common import RUNS, SET, SMOKE, executor_of, fail, load, run_of
 
 
 class ProgressView:
@@ -25,7 +25,8 @@ class ProgressView:
 
 def _smoke_note(recipe_path: Path, overrides: list[str], smoke: bool) -> None:
     """Say which --set values a smoke run does not use (it fixes them at toy scale)."""
-    from ..recipe import load_recipe, replaced_by_smoke
+    from ..recipe.load import load_recipe
+    from ..recipe.smoke import replaced_by_smoke
 
     if not smoke or not overrides:
         return
@@ -61,7 +62,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..recipe import RecipeError
+    from ..recipe.text import RecipeError
     from ..run.launch import Stopped
     from ..run.runner import run_recipe
     from ..run.stopping import StopRequests
@@ -102,7 +103,7 @@ def status(recipe: Path = typer.Argument(..., help="Recipe YAML whose run to sho
 
     from ..run.status import job_rows
 
-    manifest = manifest_of(recipe, runs_dir, smoke)
+    manifest = run_of(recipe, runs_dir, smoke)
     view = Table(title=f"{manifest.recipe} ({runs_dir / manifest.recipe})")
     for column in ("job", "stage", "variant", "work", "state", "step", "loss", "executor", "job ids", "log"):
         view.add_column(column)
@@ -120,5 +121,5 @@ def cancel(recipe: Path = typer.Argument(..., help="Recipe YAML whose run to sto
     run resumes them."""
     from ..run.status import cancel_run
 
-    stopped = cancel_run(manifest_of(recipe, runs_dir, smoke))
+    stopped = cancel_run(run_of(recipe, runs_dir, smoke))
     typer.echo(f"cancelled {len(stopped)}: {', '.join(stopped)}" if stopped else "nothing was running")

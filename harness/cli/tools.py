@@ -3,7 +3,7 @@ from pathlib import Path
 
 import typer
 
-from .common import RESULTS, RUNS, SET, SMOKE, executor_of, fail, load, manifest_of
+from .common import RESULTS, RUNS, SET, SMOKE, executor_of, fail, load, run_of
 
 refs_app = typer.Typer(no_args_is_help=True, help="Reference statistics for FID.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios measured side by side in one run.")
@@ -24,7 +24,8 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digi
     kind = executor_of(executor, spec)
     from rich.console import Console
 
-    from ..recipe import RecipeError, plan_jobs
+    from ..recipe.planner import plan_jobs
+    from ..recipe.text import RecipeError
     from ..tools.plan import plan_rows, plan_warnings, print_plan, print_sbatch
 
     try:
@@ -101,7 +102,7 @@ def findings_tangent_terms(recipe: Path = typer.Argument(..., help="A recipe who
                            samples: int = typer.Option(256, min=1, help="Real images x0 averaged over."),
                            smoke: bool = SMOKE, runs_dir: Path = RUNS, results_dir: Path = RESULTS):
     """sCM Fig. 4: the x-part and t-part of df/dt against t for each trained network of the recipe's run."""
-    manifest = manifest_of(recipe, runs_dir, smoke)
+    manifest = run_of(recipe, runs_dir, smoke)
     from ..tools.tangent_terms import write
 
     try:

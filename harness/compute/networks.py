@@ -14,7 +14,7 @@ from torch import nn
 from scm.nets import build_network
 
 from .. import store
-from ..recipe import Checkpoint, TrainJob
+from ..recipe.jobs import Checkpoint, TrainJob
 
 
 def device() -> torch.device:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import store
-from ..recipe import EvalJob, config_hash
+from ..recipe.jobs import config_hash, EvalJob
 from .features import stream_features
 from .images import pixels_of
 from .metrics import feature_statistics, fid_from_features

@@ -1,6 +1,6 @@
 """The run manifest, runs/<recipe name>/run.json: the recipe file a run used, the overrides and toy scale it ran
-with, and the plan (every typed job) it made. `report`, `status` and `cancel` read it, so they find exactly what
-`run` made, with the same `--set`s, without planning again.
+with, and the plan (every typed job) it made. `status` and `cancel` read it, and `report` reads what it evaluated
+(store/runs.py), so they find exactly what `run` made, with the same `--set`s, without planning again.
 
 One recipe name, one manifest: a second recipe file with the same `name:` is refused (it would take over the
 first one's results) with the fix, instead of being misread as "no finished jobs".
@@ -12,10 +12,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..store import read_json, write_json
+from ..store.runs import check_owner, manifest_path, manifests
 from .jobs import Frozen, Plan
 from .text import RecipeError
 
-MANIFEST = "run.json"
+__all__ = ["Launcher", "RunManifest", "check_owner", "manifest_path", "manifests", "read_manifest", "write_manifest"]
 
 
 class Launcher(Frozen):
@@ -36,10 +37,6 @@ class RunManifest(Frozen):
     written: str
 
 
-def manifest_path(runs_root: Path, name: str) -> Path:
-    return Path(runs_root) / name / MANIFEST
-
-
 def read_manifest(runs_root: Path, name: str) -> RunManifest | None:
     """The manifest of the recipe named `name`, or None when it never ran under this runs folder."""
     path = manifest_path(runs_root, name)
@@ -53,16 +50,6 @@ def read_manifest(runs_root: Path, name: str) -> RunManifest | None:
                           "rewrite it") from None
 
 
-def check_owner(runs_root: Path, name: str, source: Path) -> None:
-    """Refuse a recipe file whose name already belongs to another file's runs."""
-    existing = read_json(manifest_path(runs_root, name))
-    owner = (existing or {}).get("source")
-    if owner and Path(owner) != Path(source).resolve():
-        raise RecipeError(f"{source}: the recipe name {name!r} already belongs to the runs of {owner} "
-                          f"({manifest_path(runs_root, name)}); give this recipe its own name: (e.g. name: "
-                          f"{name}-copy), or use another --runs-dir")
-
-
 def write_manifest(runs_root: Path, source: Path, plan: Plan, overrides: list[str], smoke: bool,
                    executor: str, launcher_pid: int | None = None) -> RunManifest:
     """Record the run; `launcher_pid`: the `scm-bench run` process that follows it (cancel stops it)."""
@@ -74,8 +61,3 @@ def write_manifest(runs_root: Path, source: Path, plan: Plan, overrides: list[st
                            written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json(manifest_path(runs_root, plan.recipe), manifest.model_dump(mode="json"))
     return manifest
-
-
-def manifests(runs_root: Path) -> list[str]:
-    """The names of every recipe with a manifest under the runs folder."""
-    return sorted(path.parent.name for path in Path(runs_root).glob(f"*/{MANIFEST}"))

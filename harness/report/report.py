@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import store
-from ..recipe import RunManifest
+from ..store.runs import RunIndex
 from .paper import load_baselines, paper_rows
 from .plots import write_plots
 from .render import caption, copy_grids, latex_table, markdown_page
@@ -37,7 +37,7 @@ def report_from_rows(frame: pd.DataFrame, recipe_name: str, results_root: Path,
     return table
 
 
-def write_report(manifest: RunManifest, runs_root: Path, results_root: Path, compare: list[str] = ()):
+def write_report(manifest: RunIndex, runs_root: Path, results_root: Path, compare: list[str] = ()):
     """Write results/<recipe>/table.{md,csv,tex}, sample grids and plots; return the compiled table (one row per
     setting), or None when no evaluation of the run (or of a --compare run) has finished."""
     frame = gather_sources(manifest, runs_root, compare)

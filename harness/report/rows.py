@@ -1,13 +1,15 @@
 """The report's input: metrics rows of the evaluations a run made (its manifest lists them; nothing is planned
 again), labelled with that run's recipe, variant and stage, in one pandas frame with every column the report
-reads. Row constants that tables and plots share live here."""
+reads. Row constants that tables and plots share live here. It reads the manifest through the store's view of
+it, which needs no method (and no torch): `scm-bench report` starts quickly."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import store
-from ..recipe import RecipeError, RunManifest, read_manifest, read_raw
+from ..recipe.text import RecipeError, parse_yaml
+from ..store.runs import RunIndex, read_index
 
 OURS = "ours"  # the source label of this recipe's rows; a --compare run's rows carry its name
 SETTING = ["source", "setting", "stage", "method", "size", "sampler", "nfe", "guidance"]
@@ -51,7 +53,7 @@ def load_rows(paths) -> pd.DataFrame:
     return rows_frame(rows)
 
 
-def gather(manifest: RunManifest) -> pd.DataFrame:
+def gather(manifest: RunIndex) -> pd.DataFrame:
     """The rows of every evaluation the run planned that has finished, labelled with the run's own recipe, variant
     and stage (an evaluation shared with another recipe is that recipe's too); empty when none has finished."""
     rows = []
@@ -63,30 +65,37 @@ def gather(manifest: RunManifest) -> pd.DataFrame:
     return rows_frame(rows)
 
 
+def recipe_name(path: Path) -> str:
+    """The name a recipe file's runs go under: its `name:`, else its file name's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; give a path such as recipes/digits.yaml")
+    raw = parse_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    return str(raw.get("name", path.stem)) if isinstance(raw, dict) else path.stem
+
+
 def run_name(name: str) -> str:
     """A run's name from what a user typed: a recipe's name, or a recipe file (its `name:`, else its stem)."""
-    if not name.endswith((".yaml", ".yml")):
-        return name
-    return str(read_raw(name).get("name", Path(name).stem))
+    return recipe_name(Path(name)) if name.endswith((".yaml", ".yml")) else name
 
 
-def find_manifest(name: str, runs_root: Path, smoke: bool = False) -> RunManifest:
-    """The manifest of a run named NAME, or of a recipe file's run (`-smoke` with smoke)."""
+def find_manifest(name: str, runs_root: Path, smoke: bool = False) -> RunIndex:
+    """What the run named NAME (or a recipe file's run) evaluated; `-smoke` with smoke."""
     recipe_name = run_name(name)
     recipe_name += "-smoke" if smoke and not recipe_name.endswith("-smoke") else ""
-    manifest = read_manifest(runs_root, recipe_name)
+    manifest = read_index(runs_root, recipe_name)
     if manifest is None:
         raise RecipeError(f"no run of {recipe_name} under {runs_root}; run it first: scm-bench run "
                           f"recipes/{recipe_name.removesuffix('-smoke')}.yaml{' --smoke' if smoke else ''}")
     return manifest
 
 
-def source_label(manifest: RunManifest) -> str:
+def source_label(manifest: RunIndex) -> str:
     """How a --compare run's rows are labelled: its recipe's name."""
     return manifest.recipe.removesuffix("-smoke")
 
 
-def gather_sources(manifest: RunManifest, runs_root: Path, compare=()) -> pd.DataFrame:
+def gather_sources(manifest: RunIndex, runs_root: Path, compare=()) -> pd.DataFrame:
     """Our rows (source "ours") and each --compare run's rows (source: its recipe's name) in one frame."""
     parts = [gather(manifest).assign(source=OURS)]
     for name in compare:

@@ -18,7 +18,7 @@ from typing import Literal
 import submitit
 
 from ..compute import job_task
-from ..recipe import EvalJob, TrainJob
+from ..recipe.jobs import EvalJob, TrainJob
 from .. import store
 from .evaluate import evaluate, generate_part
 from .rows import diverged_rows

@@ -17,7 +17,7 @@ from ..evaluation.images import grid_indices, latent_decoder, pixels_of, write_g
 from ..evaluation.metrics import feature_statistics, frechet_distance, kernel_distance
 from ..evaluation.reference import reference_statistics
 from ..evaluation.shards import Sampler, shard_features
-from ..recipe import EvalJob
+from ..recipe.jobs import EvalJob
 from .rows import checkpoint_context, finished_rows, job_context, write_rows
 
 

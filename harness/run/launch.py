@@ -20,7 +20,7 @@ from pathlib import Path
 import submitit
 
 from .. import store
-from ..recipe import EvalJob, Plan, TrainJob
+from ..recipe.jobs import EvalJob, Plan, TrainJob
 from .entry import Task
 from .rows import finished_rows
 from .submission import job_error, result, still_queued, submit_array

@@ -6,7 +6,7 @@ from ..data import load_data
 from ..evaluation.dinov2 import check_dinov2
 from ..evaluation.features import check_inception
 from ..evaluation.reference import check_reference
-from ..recipe import Plan
+from ..recipe.jobs import Plan
 
 
 def _guidance_problem(job) -> str | None:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import store
-from ..recipe import EvalJob
+from ..recipe.jobs import EvalJob
 from .train import diverged_record
 
 

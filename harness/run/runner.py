@@ -2,7 +2,11 @@
 from pathlib import Path
 
 from .. import store
-from ..recipe import Plan, Recipe, check_owner, plan_jobs, write_manifest
+from ..recipe.jobs import Plan
+from ..recipe.manifest import write_manifest
+from ..recipe.planner import plan_jobs
+from ..recipe.schema import Recipe
+from ..store.runs import check_owner
 from .launch import run_plan
 from .preflight import preflight
 

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from .. import store
-from ..recipe import EvalJob, RunManifest, TrainJob
+from ..recipe.jobs import EvalJob, TrainJob
+from ..recipe.manifest import RunManifest
 from .rows import finished_rows
 from .submission import submitted
 from .train import diverged_record

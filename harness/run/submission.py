@@ -8,7 +8,7 @@ from pathlib import Path
 import submitit
 
 from .. import store
-from ..recipe import ResourcesConfig
+from ..recipe.sections import ResourcesConfig
 from .entry import JobEntry, Task
 
 SLURM_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",

@@ -16,7 +16,7 @@ from .. import store
 from ..compute import (any_rank, device, finish, init_ranks, load_start, mean_over_ranks, read_network,
                        sum_gradients, training_network)
 from ..data import load_data
-from ..recipe import TrainJob
+from ..recipe.jobs import TrainJob
 from .state import TrainState
 from .stopping import StopRequests
 

@@ -6,8 +6,6 @@ import io
 import sys
 from pathlib import Path
 
-import torch
-
 from .atomic import write_bytes_atomic
 
 
@@ -25,6 +23,8 @@ def _sha256(path: Path) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic, with its checksum written first: a checkpoint in place always has the checksum of its bytes."""
+    import torch  # heavy: the store's other readers (the report, status) do without it
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -51,6 +51,8 @@ def checkpoint_complete(path: Path) -> bool:
 
 def load_checkpoint(path: Path) -> dict:
     """Tensors and plain containers only (weights_only): a checkpoint from elsewhere cannot run code."""
+    import torch  # heavy: see save_checkpoint
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

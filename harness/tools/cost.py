@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..compute import training_network
 from ..data import data_shape
-from ..recipe import EvalJob, TrainJob
+from ..recipe.jobs import EvalJob, TrainJob
 
 # Achieved, not peak: ~30% of an H100's 989 dense bf16/fp16 TFLOP/s. EDM2-style U-Nets (many small convolutions,
 # normalizations, a JVP pass) do not reach the ~40-50% utilisation of large LLM matmuls. Override with --tflops.

@@ -10,7 +10,8 @@ from rich.table import Table
 from submitit.slurm.slurm import SlurmExecutor
 
 from .. import store
-from ..recipe import EvalJob, Plan, ResourcesConfig, TrainJob
+from ..recipe.jobs import EvalJob, Plan, TrainJob
+from ..recipe.sections import ResourcesConfig
 from ..run.rows import finished_rows
 from ..run.submission import make_executor
 from ..run.train import diverged_record

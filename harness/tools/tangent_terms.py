@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from .. import store
 from ..compute import read_network
 from ..data import load_data
-from ..recipe import RunManifest, TrainJob
+from ..recipe.jobs import TrainJob
+from ..recipe.manifest import RunManifest
 from ..report.figures import save_figure
 
 T_MAX = math.atan(80.0 / 0.5)  # sigma_max 80 at sd 0.5: t_max = 1.5645 (TrigFlow)
