@@ -189,7 +189,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     rows = run_recipe(recipe, path, tmp_path / "runs", "local", Quiet())
     assert sorted((r["stage"], r["method"], r["nfe"]) for r in rows if r["metric"] == "fid") == [
         ("scd", "scd", 1), ("scd", "scd", 2), ("sct", "sct", 1), ("sct", "sct", 2), ("teacher", "diffusion", 7)]
-    values = {metric: [r["value"] for r in rows if r["metric"] == metric] for metric in ("fid", "kid", "class_accuracy")}
+    values = {metric: [r["value"] for r in rows if r["metric"] == metric]
+              for metric in ("fid", "kid", "class_accuracy")}
     assert all(len(v) == 5 for v in values.values())  # one per setting, each metric
     assert all(v > 0 for v in values["fid"]) and all(0 <= v <= 1 for v in values["class_accuracy"])
     store_root = tmp_path / "runs" / "store"

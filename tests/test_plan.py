@@ -131,7 +131,8 @@ def test_a_job_the_store_holds_costs_nothing_and_says_who_made_it(tmp_path):
     store.write_json(teacher.path / "job.json", {"recipe": "findings_nfe", "stage": "teacher"})
     rows = plan.plan_rows(plan_jobs(recipe, tmp_path / "runs"))
     reused = [row for row in rows if row["reused"]]
-    assert [(row["kind"], row["label"], row["reused"]) for row in reused] == [("train", "teacher", "findings_nfe/teacher")]
+    assert [(row["kind"], row["label"], row["reused"]) for row in reused] == [
+        ("train", "teacher", "findings_nfe/teacher")]
     assert reused[0]["gpu_hours"] == 0.0 and all(row["gpu_hours"] > 0 for row in rows if not row["reused"])
 
 

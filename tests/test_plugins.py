@@ -31,12 +31,13 @@ def test_an_installed_method_is_found_by_its_entry_point(installed):
     assert cls.__module__ == "scm_bench_uniform_ct" and cls.name == "uniform-ct"
 
 
-def test_without_the_entry_point_the_name_is_unknown_and_the_error_says_how_to_add_one():
+def test_an_unknown_name_says_what_exists_and_how_to_add_a_method():
     from scm.methods import UnknownMethod, method_class
 
-    with pytest.raises(UnknownMethod, match="'uniform-ct' is not a known method; use one of diffusion, discrete-ct, "
-                                            "scd, sct, or module:Class .* entry point in the group scm_bench.methods"):
-        method_class("uniform-ct")
+    with pytest.raises(UnknownMethod, match="'no-such-method' is not a known method; use one of diffusion, "
+                                            "discrete-ct, scd, sct.*, or module:Class .* entry point in the group "
+                                            "scm_bench.methods"):
+        method_class("no-such-method")
 
 
 def test_a_module_path_names_a_method_without_installing_it(monkeypatch):

@@ -130,7 +130,6 @@ def bench_jvp(network: list[str] = typer.Option(["toy", "S"], "--network", "-n",
     import torch
     from rich.console import Console
     from rich.progress import track
-    from rich.progress import track
     from rich.table import Table
 
     if threads:

@@ -41,7 +41,8 @@ def _methods_with(key: str) -> list[str]:
 
 def _example(key: str) -> str:
     """A shipped recipe that sets this key (digits.yaml when none does)."""
-    found = [path for path in sorted(RECIPES.glob("*.yaml")) if re.search(rf"[\s.{{]{re.escape(key)}:", path.read_text())]
+    pattern = re.compile(rf"[\s.{{]{re.escape(key)}:")
+    found = [path for path in sorted(RECIPES.glob("*.yaml")) if pattern.search(path.read_text())]
     return f"recipes/{found[0].name if found else 'digits.yaml'}"
 
 

@@ -5,7 +5,6 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..data.prepared import PREPARED_DATASETS
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -15,8 +15,9 @@ RUNS = ["source", "setting", "stage", "size"]  # what a run is counted under
 
 
 def curve_points(frame: pd.DataFrame) -> pd.DataFrame:
-    """One point per report setting (source, setting, stage, method, size, sampler, NFE, guidance) and checkpoint step of
-    the healthy student runs: FID mean, std and n over seeds; empty unless some rows are intermediate."""
+    """One point per report setting (source, setting, stage, method, size, sampler, NFE, guidance) and checkpoint
+    step of the healthy runs trained from another: FID mean, std and n over seeds; empty unless some rows are
+    intermediate."""
     if frame.empty or not frame.intermediate.any():
         return pd.DataFrame()
     fid = frame[(frame.metric == "fid") & ~frame.base & ~frame.diverged]

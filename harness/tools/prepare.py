@@ -12,7 +12,7 @@ from scm.trigflow import SIGMA_DATA
 
 from ..data.latents import DEFAULT_VAE, LATENT_MEAN, LATENT_STD, encode_latents, load_vae
 from ..data.prepared import IMAGES, LABELS, META, partial_path
-from ..store import ArrayUnpickler, read_json, write_json
+from ..store import ArrayUnpickler, write_json
 
 DATASETS = ("cifar10", "imagenet64", "imagenet512-latents")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

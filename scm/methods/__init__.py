@@ -72,6 +72,6 @@ def method_class(name: str) -> type[Method]:
                         f"the group {ENTRY_POINT_GROUP}")
 
 
-__all__ = ["Method", "MethodSettings", "SamplingError", "SamplingSettings", "Setting", "Trained", "Networks", "ConsistencyModel",
-           "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "BUILT_IN", "ENTRY_POINT_GROUP",
-           "UnknownMethod", "method_class", "available", "installed"]
+__all__ = ["Method", "MethodSettings", "SamplingError", "SamplingSettings", "Setting", "Trained", "Networks",
+           "ConsistencyModel", "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "BUILT_IN",
+           "ENTRY_POINT_GROUP", "UnknownMethod", "method_class", "available", "installed"]

@@ -2,18 +2,16 @@
 by an ODE solver (DPM-Solver-2S or Euler) with classifier-free guidance."""
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
-from ..objectives import diffusion_loss, draw_noise
+from ..objectives import diffusion_loss
 from ..sampling import guided, teacher_sample
-from ..weighting import loss_weight
-from .base import Method, MethodSettings, SamplingSettings, Setting
+from .base import Method, SamplingSettings, Setting
+from .proposal import LogNormalProposal, ProposalSettings
 
 
-class DiffusionSettings(MethodSettings):
-    p_mean: float = -1.0  # the training proposal: ln(sd tan t) ~ N(P_mean, P_std^2)
-    p_std: float = Field(1.4, gt=0)
-    adaptive_weighting: bool = True  # learn w(t) (EDM2); false: w = 0, every t weighted equally
+class DiffusionSettings(ProposalSettings):
+    """The proposal and w(t) only (ProposalSettings)."""
 
 
 class DiffusionSampling(SamplingSettings):
@@ -48,17 +46,11 @@ class DiffusionSampling(SamplingSettings):
         return self.model_copy(update={"steps": [2, 3] if len(self.step_list) > 1 else 2})
 
 
-class Diffusion(Method):
+class Diffusion(LogNormalProposal, Method):
     name = "diffusion"
     label = "TrigFlow diffusion"
     Settings = DiffusionSettings
     Sampling = DiffusionSampling
-
-    def auxiliary_modules(self):
-        return {"weight": loss_weight(self.settings.adaptive_weighting)}
-
-    def draw(self, shape, generator, device):
-        return draw_noise(shape, self.settings.p_mean, self.settings.p_std, self.sigma_data, generator, None, device)
 
     def loss(self, nets, x0, labels, draws, step):
         s = self.settings

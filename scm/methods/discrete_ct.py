@@ -3,29 +3,18 @@
 from pydantic import Field
 
 from ..discrete import discrete_consistency_loss
-from ..objectives import draw_noise
-from ..weighting import loss_weight
-from .base import MethodSettings
 from .consistency import ConsistencyModel
+from .proposal import LogNormalProposal, ProposalSettings
 
 
-class DiscreteSettings(MethodSettings):
-    discrete_steps: int = Field(gt=1)  # N: the grid t_i = i t_max / N
-    p_mean: float = -1.0  # the proposal drawn before moving t up to its grid point
-    p_std: float = Field(1.4, gt=0)
-    adaptive_weighting: bool = True
+class DiscreteSettings(ProposalSettings):
+    discrete_steps: int = Field(gt=1)  # N: the grid t_i = i t_max / N (t is drawn, then moved up to its grid point)
 
 
-class DiscreteCT(ConsistencyModel):
+class DiscreteCT(LogNormalProposal, ConsistencyModel):
     name = "discrete-ct"
     label = "discrete-time CT"
     Settings = DiscreteSettings
-
-    def auxiliary_modules(self):
-        return {"weight": loss_weight(self.settings.adaptive_weighting)}
-
-    def draw(self, shape, generator, device):
-        return draw_noise(shape, self.settings.p_mean, self.settings.p_std, self.sigma_data, generator, None, device)
 
     def loss(self, nets, x0, labels, draws, step):
         s = self.settings

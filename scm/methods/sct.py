@@ -7,10 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..objectives import TangentSettings, consistency_loss, draw_noise
-from ..weighting import loss_weight
-from .base import MethodSettings
+from ..objectives import TangentSettings, consistency_loss
 from .consistency import ConsistencyModel
+from .proposal import LogNormalProposal, ProposalSettings
 
 
 class TangentConfig(BaseModel):
@@ -21,27 +20,18 @@ class TangentConfig(BaseModel):
     jvp_method: Literal["dual", "torch-func"] = "dual"  # dual: one pass with tangent rules; torch-func: reference
 
 
-class ConsistencySettings(MethodSettings):
-    p_mean: float = -1.0  # the training proposal: ln(sd tan t) ~ N(P_mean, P_std^2)
-    p_std: float = Field(1.4, gt=0)
-    adaptive_weighting: bool = True  # learn w(t) (Alg. 1); false: w = 0, every t weighted equally (Fig. 5)
+class ConsistencySettings(ProposalSettings):
     tangent: TangentConfig = TangentConfig()
 
 
-class SCT(ConsistencyModel):
+class SCT(LogNormalProposal, ConsistencyModel):
     name = "sct"
     label = "sCT"
     Settings = ConsistencySettings
     watched = {"tangent_norm": "tangent"}  # df/dt before normalization: where instability shows first (Sec. 4)
 
-    def auxiliary_modules(self):
-        return {"weight": loss_weight(self.settings.adaptive_weighting)}
-
     def tangent(self) -> TangentSettings:
         return TangentSettings(**self.settings.tangent.model_dump())
-
-    def draw(self, shape, generator, device):
-        return draw_noise(shape, self.settings.p_mean, self.settings.p_std, self.sigma_data, generator, None, device)
 
     def loss(self, nets, x0, labels, draws, step):
         s = self.settings

@@ -1,0 +1,23 @@
+"""What the TrigFlow methods share in training: the proposal of t, ln(sd tan t) ~ N(P_mean, P_std^2) (sCM Alg. 1),
+with z ~ N(0, sd^2 I), and the adaptive weight w(t) they learn beside the network (or w = 0)."""
+from pydantic import Field
+
+from ..objectives import draw_noise
+from ..weighting import loss_weight
+from .base import MethodSettings
+
+
+class ProposalSettings(MethodSettings):
+    p_mean: float = -1.0  # the training proposal: ln(sd tan t) ~ N(P_mean, P_std^2)
+    p_std: float = Field(1.4, gt=0)
+    adaptive_weighting: bool = True  # learn w(t) (EDM2, Alg. 1); false: w = 0, every t weighted equally (Fig. 5)
+
+
+class LogNormalProposal:
+    """A mixin for methods whose settings are ProposalSettings: their draws and their w(t)."""
+
+    def auxiliary_modules(self):
+        return {"weight": loss_weight(self.settings.adaptive_weighting)}
+
+    def draw(self, shape, generator, device):
+        return draw_noise(shape, self.settings.p_mean, self.settings.p_std, self.sigma_data, generator, None, device)
