@@ -110,9 +110,11 @@ def train_job_id(spec: Stage, network: NetworkConfig, data: DataConfig, sigma_da
 
 class EvalJob(Frozen):
     """The evaluation of a training job's final checkpoint (and of its during_training checkpoints): every setting
-    of its sampling block, measured by the recipe's evaluation protocol."""
+    of its sampling block, measured by the recipe's evaluation protocol. Labelled with the stage that asks for it
+    (two stages of one recipe may train the very same job and sample it differently)."""
     id: str
     recipe: str
+    stage: str
     variant: str
     train: TrainJob
     sampling: SerializeAsAny[SamplingSettings]
@@ -139,11 +141,11 @@ class EvalJob(Frozen):
 
     @property
     def label(self) -> str:
-        return f"{self.train.stage} {self.variant}".strip()
+        return f"{self.stage} {self.variant}".strip()
 
     def checkpoint_steps(self) -> list[int]:
-        """The steps it evaluates: those of FID over training, then the last."""
-        return [*self.during_training, self.train.steps]
+        """The steps it evaluates: the last, and those of FID over training."""
+        return [self.train.steps, *self.during_training]
 
 
 def eval_job_id(train: TrainJob, evaluation: EvaluationConfig, sampling: SamplingSettings, during_training,
@@ -167,13 +169,12 @@ def evaluation_folder(train: TrainJob, eval_id: str) -> str:
 
 class Plan(Frozen):
     """Every job a recipe runs: training jobs parents first (jobs of other recipes it starts from included), then
-    one evaluation per training job of its own and evaluation settings."""
+    one evaluation per training job of its own and evaluation settings; and, per job id, the full labels of the
+    sweep variants that run it (a job's own label keeps only the axes they agree on)."""
     recipe: str
     train: list[TrainJob]
     evaluate: list[EvalJob]
-
-    def evaluations_of(self, train: TrainJob) -> list[EvalJob]:
-        return [job for job in self.evaluate if job.train.id == train.id]
+    variants: dict[str, list[str]] = {}
 
 
 TrainJob.model_rebuild()

@@ -64,11 +64,11 @@ class _Planner:
         try:
             other = load_recipe(ref.recipe)
             other = smoke_recipe(other) if smoke else other
-            jobs = _Planner(self.runs_root, (*self.visiting, key)).plan(other).train
+            jobs = _Planner(self.runs_root, (*self.visiting, key)).plan(other)
         except RecipeError as error:
             raise RecipeError(f"{where}: {error}") from None
-        found = {job.id: job for job in jobs if job.recipe == other.name and job.stage == ref.stage
-                 and _matches(job.variant, ref.variant)}
+        found = {job.id: job for job in jobs.train if job.recipe == other.name and job.stage == ref.stage
+                 and any(_matches(label, ref.variant) for label in jobs.variants.get(job.id, [job.variant]))}
         if len(found) != 1:
             count = "no" if not found else f"{len(found)} different"
             hint = (f"add variant: (one of {', '.join(sorted({job.variant for job in found.values()}))})" if found
@@ -115,7 +115,7 @@ class _Planner:
         evaluate = [job.model_copy(update={"variant": labels[job.id],
                                            "train": _relabel(job.train, labels, relabelled)})
                     for job in evaluations.values()]
-        return Plan(recipe=recipe.name, train=ordered, evaluate=evaluate)
+        return Plan(recipe=recipe.name, train=ordered, evaluate=evaluate, variants=variants_of)
 
 
 def _matches(label: str, wanted: str | None) -> bool:
@@ -132,7 +132,8 @@ def _add_with_parents(train: dict, job: TrainJob) -> None:
 def _evaluation(variant: Recipe, name: str, job: TrainJob, runs_root: Path) -> EvalJob:
     stage = variant.stages[name]
     eval_id = eval_job_id(job, variant.evaluation, stage.sampling, stage.during_training, variant.seed)
-    return EvalJob(id=eval_id, recipe=variant.name, variant=variant.variant, train=job, sampling=stage.sampling,
+    return EvalJob(id=eval_id, recipe=variant.name, stage=name, variant=variant.variant, train=job,
+                   sampling=stage.sampling,
                    during_training=stage.during_training, evaluation=variant.evaluation, sample_seed=variant.seed,
                    resources=evaluation_resources(job.resources, variant.evaluation.ranks),
                    folder=evaluation_folder(job, eval_id), reference_cache=reference_cache(runs_root))
@@ -157,5 +158,6 @@ def _relabel(job: TrainJob, labels: dict, done: dict) -> TrainJob:
 
 
 def plan_jobs(recipe: Recipe, runs_root: Path) -> Plan:
-    """Every job of the recipe (see the module docstring); RecipeError for a reference that cannot be resolved."""
-    return _Planner(runs_root, ()).plan(recipe)
+    """Every job of the recipe (see the module docstring); RecipeError for a reference that cannot be resolved.
+    Folders are absolute, so the manifest is read the same from any working directory."""
+    return _Planner(Path(runs_root).resolve(), ()).plan(recipe)

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import (Field, SerializeAsAny, ValidationError, field_validator, model_serializer, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from scm.methods import Method, MethodSettings, SamplingError, SamplingSettings, UnknownMethod, method_class
+from scm.methods import (Method, MethodSettings, SamplingError, SamplingSettings, UnknownMethod, available,
+                         method_class)
 
 from .graph import check_graph
 from .refs import StageRef
@@ -69,13 +70,20 @@ class Stage(Strict):
     def _method_keys(cls, data, handler):
         """Split the stage's keys: the training loop's go to this model, `sampling` and the rest to the method's
         own models (so an error names stages.NAME.FIELD whichever model holds the field)."""
-        if not isinstance(data, dict) or "settings" in data or not isinstance(data.get("method"), str):
-            return handler(data)
+        if not isinstance(data, dict) or isinstance(data.get("settings"), MethodSettings):
+            return handler(data)  # not a mapping (pydantic says so), or a stage already split
+        if not isinstance(data.get("method"), str):
+            raise _error(("method",), f"required: the stage's method, one of {', '.join(available())} (or "
+                                      "module:Class); add e.g. method: diffusion", data.get("method"))
         try:
             method = method_class(data["method"])
         except UnknownMethod as error:
             raise _error(("method",), str(error), data["method"]) from None
         # a method key set to null takes its default: a sweep that changes a stage's method unsets the old one's keys
+        clash = sorted(set(method.Settings.model_fields) & set(cls.model_fields))
+        if clash:  # the training loop would take them: the method would never see its own value
+            raise _error(("method",), f"the settings of {data['method']} reuse the stage keys {', '.join(clash)}; "
+                                      "rename them in the method", data["method"])
         own = {k: v for k, v in data.items() if k not in cls.model_fields and v is not None}
         sampling = data.get("sampling") if data.get("sampling") is not None else {}
         try:
@@ -87,11 +95,14 @@ class Stage(Strict):
         except ValidationError as error:
             raise _within(("sampling",), error) from None
         try:
-            method(settings).sample_settings(sampling)
+            names = [setting.name for setting in method(settings).sample_settings(sampling)]
         except SamplingError as error:
             raise _error(("sampling", error.field), str(error), data.get("sampling")) from None
         except ValueError as error:
             raise _error(("sampling",), str(error), data.get("sampling")) from None
+        if not names or len(set(names)) < len(names):  # each setting's samples are kept under its name
+            raise _error(("sampling",), f"it gives {'no' if not names else 'repeated'} sampling settings "
+                                        f"({', '.join(names) or 'none'}); give each once", data.get("sampling"))
         common = {k: v for k, v in data.items() if k in cls.model_fields}
         return handler({**common, "sampling": sampling, "settings": settings})
 

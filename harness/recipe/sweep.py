@@ -22,13 +22,20 @@ from .schema import Recipe
 from .text import RecipeError, set_dotted
 
 
+def value_label(value) -> str:
+    """A value as a variant label shows it: lists without commas (labels are joined by commas)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(value_label(v) for v in value) + "]"
+    return str(value)
+
+
 def entry_label(entry: dict) -> str:
     """An axis entry's name: its `label` if given, else its first value (`{network.size: S, ...}` -> S)."""
-    return str(entry["label"]) if "label" in entry else str(next(iter(entry.values())))
+    return value_label(entry["label"] if "label" in entry else next(iter(entry.values())))
 
 
 def _axis_entries(axis: str, values: list) -> list[tuple[str, dict]]:
-    """(label, {dotted key: value}) for each entry of one axis."""
+    """(label, {dotted key: value}) for each entry of one axis; two entries with one label are refused."""
     if not values:
         raise RecipeError(f"sweep.{axis}: empty list; give at least one value")
     entries = []
@@ -39,7 +46,12 @@ def _axis_entries(axis: str, values: list) -> list[tuple[str, dict]]:
                 raise RecipeError(f"sweep.{axis}: an entry is an empty mapping; give dotted keys and values")
             entries.append((f"{axis}={entry_label(value)}", changes))
         else:
-            entries.append((f"{axis}={value}", {axis: value}))
+            entries.append((f"{axis}={value_label(value)}", {axis: value}))
+    labels = [label for label, _ in entries]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice is not None:
+        raise RecipeError(f"sweep.{axis}: two entries are labelled {twice.split('=', 1)[1]!r}; give each entry its "
+                          "own label: (e.g. {label: small, ...})")
     return entries
 
 

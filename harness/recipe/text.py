@@ -58,7 +58,8 @@ def parse_yaml(text: str, where: str):
 
 
 def set_dotted(raw: dict, key: str, value, where: str) -> None:
-    """raw["a"]["b"]["c"] = value for key "a.b.c", making the mappings on the way."""
+    """raw["a"]["b"]["c"] = value for key "a.b.c", making the mappings on the way; a null value removes the key,
+    so it takes its default (a sweep that changes a stage's method unsets the old method's keys this way)."""
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
@@ -68,7 +69,10 @@ def set_dotted(raw: dict, key: str, value, where: str) -> None:
         if not isinstance(node, dict):
             raise RecipeError(f"{where}: {'.'.join(parents[:depth + 1])} is not a mapping; set that key itself, "
                               f"e.g. --set {'.'.join(parents[:depth + 1])}=VALUE")
-    node[leaf] = value
+    if value is None:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
 
 
 def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:

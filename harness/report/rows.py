@@ -59,7 +59,7 @@ def gather(manifest: RunIndex) -> pd.DataFrame:
     rows = []
     for job in manifest.plan.evaluate:
         metrics = store.read_json(job.path / "metrics.json")
-        labels = {"recipe": manifest.recipe, "variant": job.variant, "stage": job.train.stage,
+        labels = {"recipe": manifest.recipe, "variant": job.variant, "stage": job.stage or job.train.stage,
                   "size": job.train.size}
         rows += [{**row, **labels} for row in (metrics or {}).get("rows", [])]
     return rows_frame(rows)

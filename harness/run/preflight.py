@@ -11,7 +11,7 @@ from ..recipe.jobs import Plan
 
 def _guidance_problem(job) -> str | None:
     """Classifier-free guidance needs labels to guide with: where a stage uses it on data without any."""
-    method, stage = job.train.method(), job.train.stage
+    method, stage = job.train.method(), job.stage
     cfg = max(s.cfg for s in method.sample_settings(job.sampling))
     if cfg > 1.0:
         where, fix = f"stages.{stage}.sampling.guidance", f"stages.{stage}.sampling.guidance: 1.0"

@@ -52,7 +52,7 @@ def write_rows(job: EvalJob, rows: list[dict]) -> None:
 def job_context(job: EvalJob) -> dict:
     """What every row of the evaluation records besides its checkpoint, setting, metric and value."""
     train = job.train
-    return {"recipe": job.recipe, "variant": job.variant, "stage": train.stage, "job": train.id,
+    return {"recipe": job.recipe, "variant": job.variant, "stage": job.stage, "job": train.id,
             "evaluation": job.id, "teacher_job": train.parent_id, "method": train.method_class.name,
             "method_label": train.method_class.label, "size": train.size, "seed": train.seed,
             "code_version": code_version(), "date": _now()}

@@ -35,7 +35,7 @@ def _row(job, work: str, state: str, progress: dict) -> dict:
     records = submitted(job.path)
     latest = records.get(work) or next(iter(records.values()), {})
     train = job if isinstance(job, TrainJob) else job.train
-    return {"job": job.id if work == "train" else f"{train.id}/{job.id}", "stage": train.stage,
+    return {"job": job.id if work == "train" else f"{train.id}/{job.id}", "stage": job.stage,
             "variant": job.variant, "work": work, "state": state, "step": progress.get("step", 0),
             "total": progress.get("total", train.steps), "loss": progress.get("loss"),
             "executor": latest.get("executor", ""), "job_id": " ".join(r["job_id"] for r in records.values()),

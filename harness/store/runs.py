@@ -26,6 +26,7 @@ class EvaluationIndex(_View):
     variant: str
     folder: str
     train: TrainedIndex
+    stage: str | None = None  # the stage that asked for it (manifests written before it was recorded: None)
 
     @property
     def path(self) -> Path:

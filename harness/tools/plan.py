@@ -65,7 +65,7 @@ def _made_by(folder: Path) -> str:
 
 def _row(job: TrainJob | EvalJob, kind: str, resources: ResourcesConfig) -> dict:
     train = job if isinstance(job, TrainJob) else job.train
-    return {"label": f"{train.stage} {job.variant}".strip(), "job": job.id, "kind": kind, "method": train.spec.method,
+    return {"label": f"{job.stage} {job.variant}".strip(), "job": job.id, "kind": kind, "method": train.spec.method,
             "nodes": resources.nodes, "gpus_per_node": resources.gpus_per_node, "ranks": resources.world_size,
             "time_min": resources.time_min, "partition": resources.partition, "resources": resources, "reused": ""}
 

@@ -33,11 +33,18 @@ def available() -> list[str]:
 
 
 def _checked(cls, where: str) -> type[Method]:
+    """The class, if it is a complete method; else UnknownMethod saying what is missing."""
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise UnknownMethod(f"{where} is not a subclass of scm.methods.Method; point it at a method class")
     missing = sorted(cls.__abstractmethods__)
+    missing += [attribute for attribute in ("name", "label", "Sampling") if not hasattr(cls, attribute)]
     if missing:
         raise UnknownMethod(f"{where} does not implement {', '.join(missing)}; add them (see scm/methods/base.py)")
+    if not (issubclass(cls.Settings, MethodSettings) and issubclass(cls.Sampling, SamplingSettings)):
+        raise UnknownMethod(f"{where}: its Settings and Sampling must subclass MethodSettings and SamplingSettings")
+    if not cls.networks or (any(n.start == "teacher" for n in cls.networks) and not cls.reads_teacher):
+        raise UnknownMethod(f"{where}: networks must name at least one network, and one that starts from the "
+                            "teacher needs reads_teacher = True")
     return cls
 
 

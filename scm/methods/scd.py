@@ -22,7 +22,7 @@ class DistillationSettings(ConsistencySettings):
         if low != high and not info.data.get("guidance_input"):
             raise ValueError(f"[{low:g}, {high:g}] is a range but the student cannot be told the scale; set "
                              "guidance_input: true beside it, or give one scale")
-        return v
+        return v if low != high or isinstance(v, (int, float)) else float(low)  # [s, s] is the scale s
 
 
 class SCD(SCT):
