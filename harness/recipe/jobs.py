@@ -133,6 +133,9 @@ class EvalJob(Frozen):
             train = data["train"]
             method = train.spec.method if isinstance(train, TrainJob) else train["spec"]["method"]
             data = {**data, "sampling": method_class(method).Sampling.model_validate(data["sampling"])}
+        if isinstance(data, dict) and "stage" not in data and "train" in data:  # manifests written before it was kept
+            train = data["train"]
+            data = {**data, "stage": train.stage if isinstance(train, TrainJob) else train["stage"]}
         return data
 
     @property
