@@ -166,6 +166,20 @@ def test_attention_float32_forward_uses_fused_sdpa_and_agrees():
     torch.testing.assert_close(attention(q, k, v), attention_math(q, k, v), rtol=1e-5, atol=1e-6)
 
 
+def test_attention_backward_under_autocast_takes_a_half_gradient_for_float32_inputs():
+    """Under autocast SDPA answers float32 q, k, v in half precision, so the gradient arrives in half while the saved
+    inputs are float32 (the fp16 sCD training step of `make gpu-check` failed on exactly this)."""
+    q, k, v = (a.float().detach().requires_grad_(True) for a in qkv())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(q, k, v)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    q64, k64, v64 = (a.detach().double().requires_grad_(True) for a in (q, k, v))
+    attention_math(q64, k64, v64).square().sum().backward()
+    for low, exact in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert low.dtype == torch.float32 and relative(low.double(), exact) < 3e-2  # bf16 forward, float32 backward
+
+
 def test_dual_layout_keeps_primal_and_tangent_halves():
     p, d = torch.randn(2, 3), torch.randn(2, 3)
     dual = Dual.of(p, d)

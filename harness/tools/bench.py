@@ -26,7 +26,13 @@ NETWORKS = {
     # EDM2 config G at size S (ImageNet 512 latents: 4 channels), at 32x32 instead of 64x64 so a CPU can run it
     "S": dict(name="unet-edm2", settings=dict(size="S", resolution=32, channels=4, num_classes=1000),
               shape=(4, 32, 32), num_classes=1000, batch=4),
+    # EDM2 config G at ImageNet 512's real latent size 4x64x64 (sCM Table 2): sizes for a GPU
+    "S-512": dict(name="unet-edm2", settings=dict(size="S", resolution=64, channels=4, num_classes=1000),
+                  shape=(4, 64, 64), num_classes=1000, batch=32),
+    "XXL-512": dict(name="unet-edm2", settings=dict(size="XXL", resolution=64, channels=4, num_classes=1000),
+                    shape=(4, 64, 64), num_classes=1000, batch=16),
 }
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGETS = {"jvp-dual": 2.0, "sct": 1.9, "scd": 2.3}  # issue targets, as ratios to forward / diffusion step
 
 
@@ -72,10 +78,20 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _runnable(cases: list[Case]) -> tuple[list[Case], dict[str, str]]:
+    """The cases that run, and the error of each that does not (torch.func.jvp under CPU autocast, say); one call
+    each, which also warms up the allocator, the kernels and first-touch pages."""
+    failed = {}
+    for case in cases:
+        try:
+            case.prepare()
+            case.fn()
+        except RuntimeError as error:
+            failed[case.label] = str(error).splitlines()[0][:200]
+    return [case for case in cases if case.label not in failed], failed
+
+
 def _median_times(cases: list[Case], repeats: int, device, progress) -> dict[str, float]:
-    for case in cases:  # warm-up: allocator, kernels, first-touch pages
-        case.prepare()
-        case.fn()
     times = {case.label: [] for case in cases}
     for _ in progress(range(repeats)):
         for case in cases:
@@ -88,14 +104,27 @@ def _median_times(cases: list[Case], repeats: int, device, progress) -> dict[str
     return {label: statistics.median(values) for label, values in times.items()}
 
 
-def jvp_cases(network: str, batch: int | None = None, guidance: float = 1.0, device=None):
-    """The network, its batch, and every case of the benchmark as a closure."""
+def _under_autocast(fn, device, precision: str):
+    dtype = AUTOCAST[precision]
+    if dtype is None:
+        return fn
+
+    def run():
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+    return run
+
+
+def jvp_cases(network: str, batch: int | None = None, guidance: float = 1.0, device=None, precision: str = "fp32"):
+    """The network, its batch, and every case of the benchmark as a closure (under autocast to `precision`)."""
     spec = NETWORKS[network]
     device = device or torch.device("cpu")
     batch = batch or spec["batch"]
     torch.manual_seed(0)
-    net = build_network(spec["name"], **spec["settings"]).to(device)
-    teacher = build_network(spec["name"], **spec["settings"], label_dropout=0.1).to(device).eval()
+    with torch.device(device):  # built where they run: EDM2-XXL's 1.5 B parameters are not initialised on a CPU
+        net = build_network(spec["name"], **spec["settings"])
+        teacher = build_network(spec["name"], **spec["settings"], label_dropout=0.1).eval()
+    net, teacher = net.to(device), teacher.to(device)  # any buffer made on the CPU explicitly
     teacher.requires_grad_(False)
     for module in (net, teacher):  # non-zero outputs, so no branch of the computation is trivially zero
         _randomize_output(module)
@@ -131,9 +160,11 @@ def jvp_cases(network: str, batch: int | None = None, guidance: float = 1.0, dev
     ]
     for case in cases[4:]:  # every step starts without gradients, as after the optimizer's zero_grad
         case.prepare = _clear_grads(net, weight)
+    for case in cases:
+        case.fn = _under_autocast(case.fn, device, precision)
     params = sum(p.numel() for p in net.parameters())
     return cases, dict(network=network, name=spec["name"], batch=batch, shape=spec["shape"], params=params,
-                       device=str(device))
+                       device=str(device), precision=precision)
 
 
 def _randomize_output(net):
@@ -145,17 +176,23 @@ def _randomize_output(net):
             out.weight.normal_(0, 0.05)
 
 
-def run_jvp_bench(network: str, batch: int | None, repeats: int, guidance: float, progress) -> list[dict]:
+def run_jvp_bench(network: str, batch: int | None, repeats: int, guidance: float, progress,
+                  precision: str = "fp32") -> list[dict]:
     """Rows: case, median ms, ratio to its baseline, peak MB, the target where the issue set one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cases, info = jvp_cases(network, batch, guidance, device)
-    medians = _median_times(cases, repeats, device, progress)
-    peaks = {case.label: _peak_bytes(case, device) for case in cases}
+    cases, info = jvp_cases(network, batch, guidance, device, precision)
+    runnable, failed = _runnable(cases)
+    medians = _median_times(runnable, repeats, device, progress)
+    peaks = {case.label: _peak_bytes(case, device) for case in runnable}
     rows = []
     for case in cases:
-        rows.append({**info, "case": case.label, "ms": medians[case.label] * 1e3,
-                     "ratio": medians[case.label] / medians[case.baseline], "baseline": case.baseline,
-                     "peak_mb": peaks[case.label] / 2 ** 20,
-                     "peak_ratio": peaks[case.label] / max(peaks[case.baseline], 1),
-                     "target": TARGETS.get(case.target_key), "threads": torch.get_num_threads()})
+        row = {**info, "case": case.label, "baseline": case.baseline, "target": TARGETS.get(case.target_key),
+               "threads": torch.get_num_threads(), "ms": None, "ratio": None, "peak_mb": None, "peak_ratio": None,
+               "error": failed.get(case.label)}
+        if case.label in medians:
+            row.update(ms=medians[case.label] * 1e3, peak_mb=peaks[case.label] / 2 ** 20)
+        if case.label in medians and case.baseline in medians:
+            row.update(ratio=medians[case.label] / medians[case.baseline],
+                       peak_ratio=peaks[case.label] / max(peaks[case.baseline], 1))
+        rows.append(row)
     return rows

@@ -23,9 +23,11 @@ from ..compute import training_network
 from ..data import data_shape
 from ..recipe.jobs import EvalJob, TrainJob
 
-# Achieved, not peak: ~30% of an H100's 989 dense bf16/fp16 TFLOP/s. EDM2-style U-Nets (many small convolutions,
-# normalizations, a JVP pass) do not reach the ~40-50% utilisation of large LLM matmuls. Override with --tflops.
-DEFAULT_TFLOPS_PER_GPU = 300.0
+# Achieved, not peak: measured by `make gpu-check` on an H200 (results/gpu/nvidia-h200-2026-11-29.md): 50 fp16 sCD
+# steps of EDM2-S at batch 64 ran 155 TFLOP/s by this module's FLOP count, ~16% of the 989 dense TFLOP/s (the
+# earlier guess, 300, was off by 1.9x). EDM2-style U-Nets (small convolutions, normalizations, a JVP pass) stay far
+# from the utilisation of large LLM matmuls. Override with --tflops.
+DEFAULT_TFLOPS_PER_GPU = 155.0
 ADAM_STATE_COPIES = 1 + 1 + 2 + 1  # fp32 weights, gradients, Adam's two moments, the EMA copy
 BYTES_PER_FP32 = 4
 GB = 2 ** 30  # GPU memory sizes (80 GB H100) are binary gigabytes

@@ -48,8 +48,8 @@ def _relative_error(low, ref) -> float:
 
 def scaled_tangent(net, x0, z, labels, t: float, form: str, dtype, sigma_data: float = SIGMA_DATA):
     """(F, sd cos t sin t dF/dt) along the PF-ODE at x_t, by the rearranged or the naive tangent, in `dtype`
-    autocast (float64: the reference, no autocast)."""
-    tt = torch.full((x0.shape[0],), t, dtype=torch.float64)
+    autocast (float64 and float32: plain arithmetic in that dtype, a reference)."""
+    tt = torch.full((x0.shape[0],), t, dtype=torch.float64, device=x0.device)
     T = tt.view(-1, *[1] * (x0.dim() - 1))
     x_t = torch.cos(T) * x0 + torch.sin(T) * z
     dxt_dt = torch.cos(T) * z - torch.sin(T) * x0  # sCT's dx_t/dt; any bounded field shows the same effect
@@ -62,7 +62,7 @@ def scaled_tangent(net, x0, z, labels, t: float, form: str, dtype, sigma_data: f
     model = net.to(work)
     F = lambda a, b: model(a, b, labels)  # noqa: E731
     args = [v.to(work) for v in (x_t / sigma_data, tt, x_tan, t_tan)]
-    if dtype == torch.float64:
+    if dtype in (torch.float64, torch.float32):
         F_out, J = jvp_dual(F, *args)
     else:
         with torch.autocast("cpu" if x0.device.type == "cpu" else "cuda", dtype=dtype):

@@ -4,6 +4,8 @@ PyTorch's fused SDPA kernels have no forward-AD rule on the CPU, so `attention` 
 backward and jvp rules; it works under `torch.func.jvp` and under plain autograd. `attention_jvp` returns (y, dy) in
 one call: the fused Triton kernel on CUDA, the math form elsewhere.
 """
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +58,7 @@ class Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         q, k, v = ctx.saved_tensors
+        dy = dy.to(v.dtype)  # under autocast SDPA answers in half precision for float32 q, k, v
         scale = q.shape[-1] ** -0.5
         p = torch.softmax(_scores(q, k), dim=-1)
         dv = torch.matmul(p.transpose(-1, -2), dy)
@@ -76,10 +79,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 FUSED_MAX_HEAD_DIM = 128  # the Triton kernel's block configurations are tuned up to d = 128
 
 
+def fused_enabled() -> bool:
+    """SCM_FUSED_ATTENTION=0 turns the Triton kernel off (the math form everywhere): to compare, or to carry on
+    where the kernel fails to build."""
+    return os.environ.get("SCM_FUSED_ATTENTION", "1") != "0"
+
+
 def attention_jvp(q, k, v, dq, dk, dv, out=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, dy) for the tangent pass: one fused forward+JVP kernel on CUDA (Triton), the math form elsewhere.
     `out` = (y, dy) buffers shaped like q to write into."""
-    if q.is_cuda and q.shape[-1] <= FUSED_MAX_HEAD_DIM:
+    if q.is_cuda and q.shape[-1] <= FUSED_MAX_HEAD_DIM and fused_enabled():
         from . import triton_attention
 
         if triton_attention.triton is not None:
