@@ -49,6 +49,49 @@ def test_report_with_nothing_to_report_exits_non_zero(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_second_launcher_of_a_followed_run_is_refused_and_writes_nothing(tmp_path):
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import manifest_path, write_manifest
+    from harness.recipe.planner import plan_jobs
+
+    path, runs = tiny_recipe(tmp_path), tmp_path / "runs"
+    follower = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "scm-bench"])  # a launcher
+    try:
+        write_manifest(runs, path, plan_jobs(load_recipe(path), runs), [], False, "local", launcher_pid=follower.pid)
+        before = manifest_path(runs, "tiny").read_text()
+        second = cli("run", path, "--executor", "debug", "--runs-dir", runs)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert f"pid {follower.pid}" in second.stderr and "scm-bench cancel" in second.stderr
+        assert manifest_path(runs, "tiny").read_text() == before and not (runs / "store").exists()
+    finally:
+        follower.kill()
+        follower.wait()
+
+
+def test_cancel_leaves_a_shared_job_that_another_recipes_run_submitted(tmp_path):
+    from harness.recipe.load import load_recipe
+    from harness.recipe.manifest import write_manifest
+    from harness.recipe.planner import plan_jobs
+    from harness.run.status import cancel_run
+
+    path, runs = tiny_recipe(tmp_path), tmp_path / "runs"
+    plan = plan_jobs(load_recipe(path), runs)
+    manifest = write_manifest(runs, path, plan, [], False, "local")
+    workers = {}
+    for job, run in zip(plan.train[:2], ("other", "tiny")):  # a local submitit worker of each run
+        workers[run] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+        store.write_json(job.path / "submitted.json", {"train": {
+            "executor": "local", "job_id": str(workers[run].pid), "run": run, "stdout": "", "stderr": ""}})
+    try:
+        stopped = cancel_run(manifest)
+        assert workers["tiny"].wait(timeout=10) == -signal.SIGTERM and stopped == [plan.train[1].id]
+        assert workers["other"].poll() is None  # the other recipe's run still owns its job
+    finally:
+        for worker in workers.values():
+            worker.kill()
+            worker.wait()
+
+
 def test_status_lists_every_job_of_the_run_pending_ones_too_by_variant(tmp_path):
     from harness.recipe.load import load_recipe
     from harness.recipe.manifest import write_manifest

@@ -45,7 +45,13 @@ def read_manifest(runs_root: Path, name: str) -> RunManifest | None:
         return None
     try:
         return RunManifest.model_validate(data)
-    except (ValidationError, ValueError) as error:
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        hint = "; the run's methods must be importable here" if "method" in first["msg"] else ""
+        raise RecipeError(f"{path}: cannot be read ({where}: {first['msg']}{hint}); run the recipe again to "
+                          "rewrite it") from None
+    except ValueError as error:
         raise RecipeError(f"{path}: cannot be read ({str(error).splitlines()[0]}); run the recipe again to "
                           "rewrite it") from None
 

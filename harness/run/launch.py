@@ -74,8 +74,8 @@ def _needs(task: Task) -> list[tuple[str, str]]:
 
 
 class Launcher:
-    def __init__(self, executor: str, logs: Path, progress_view, stop):
-        self.executor, self.logs, self.view, self.stop = executor, Path(logs), progress_view, stop
+    def __init__(self, executor: str, logs: Path, progress_view, stop, run: str | None = None):
+        self.executor, self.logs, self.view, self.stop, self.run = executor, Path(logs), progress_view, stop, run
         self.on_slurm, self.cores = executor == "slurm", os.cpu_count() or 1
         self.handles: dict[tuple, list] = {}
         self.submitted: list[tuple[Task, object]] = []
@@ -102,8 +102,8 @@ class Launcher:
     def submit_wave(self, tasks: list[Task], resources, after: list[str]) -> list[tuple[Task, object]]:
         queued = {task.key: still_queued(task) for task in tasks} if self.on_slurm else {}
         fresh = [task for task in tasks if queued.get(task.key) is None]
-        new = dict(zip((t.key for t in fresh), submit_array(fresh, self.executor, resources, after, self.logs)
-                       if fresh else []))
+        handles = submit_array(fresh, self.executor, resources, after, self.logs, self.run) if fresh else []
+        new = dict(zip((t.key for t in fresh), handles))
         wave = [(task, queued.get(task.key) or new[task.key]) for task in tasks]
         for task, handle in wave:
             self.handles.setdefault((task.kind, task.job.id), []).append(handle)
@@ -168,7 +168,7 @@ def _signal(pid: int, signum) -> None:
 
 def run_plan(plan: Plan, executor: str, logs: Path, progress_view, stop=None, wait: bool = True) -> list[dict]:
     """Submit every level's work and (with `wait`) return every metrics row, in plan order."""
-    launcher, rows = Launcher(executor, logs, progress_view, stop), {}
+    launcher, rows = Launcher(executor, logs, progress_view, stop, plan.recipe), {}
     for level in levels(plan):
         ids = {job.id for job in level}
         evaluations = [job for job in plan.evaluate if job.train.id in ids]

@@ -3,18 +3,32 @@ from pathlib import Path
 
 from .. import store
 from ..recipe.jobs import Plan
-from ..recipe.manifest import write_manifest
+from ..recipe.manifest import read_manifest, write_manifest
 from ..recipe.planner import plan_jobs
 from ..recipe.schema import Recipe
+from ..recipe.text import RecipeError
 from ..store.runs import check_owner
 from .launch import run_plan
 from .preflight import preflight
+from .status import live_launcher
+
+
+def _not_followed_already(runs_root: Path, name: str, source: Path) -> None:
+    """Two launchers of one run would submit the same jobs twice and fight over its manifest."""
+    try:
+        launcher = live_launcher(read_manifest(runs_root, name))
+    except RecipeError:  # an unreadable manifest is rewritten by this run
+        return
+    if launcher is not None:
+        raise RecipeError(f"another `scm-bench run` (pid {launcher.pid}, started {launcher.started}) is following "
+                          f"this run; wait for it to end, or stop it first: scm-bench cancel {source}")
 
 
 def prepare_run(recipe: Recipe, source: Path, runs_root: Path) -> Plan:
     """The plan, after every check that needs no writing: the recipe's name is its own, the data and the files
     the evaluation needs are here, no job's folder holds another network's checkpoints."""
     check_owner(runs_root, recipe.name, source)
+    _not_followed_already(runs_root, recipe.name, source)
     plan = plan_jobs(recipe, runs_root)
     preflight(plan)
     return plan

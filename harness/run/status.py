@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import store
 from ..recipe.jobs import EvalJob, TrainJob
-from ..recipe.manifest import RunManifest
+from ..recipe.manifest import Launcher, RunManifest
 from .rows import finished_rows
 from .submission import submitted
 from .train import diverged_record
@@ -55,6 +55,9 @@ def job_rows(manifest: RunManifest) -> list[dict]:
     return sorted(rows, key=lambda r: order[r["variant"]])
 
 
+LAUNCHER_MARKS = ("harness.cli", "scm-bench")  # what a launcher's command line names
+
+
 def _ours(pid: int, marks: tuple[str, ...]) -> bool:
     """Whether a pid (still) runs one of our processes (its command line names one of `marks`)."""
     try:
@@ -76,18 +79,29 @@ def _terminate(pid: int, marks: tuple[str, ...]) -> bool:
         return False
 
 
+def live_launcher(manifest: RunManifest | None) -> Launcher | None:
+    """The `scm-bench run` process still following this run on this machine (not this process), or None."""
+    launcher = manifest.launcher if manifest else None
+    if launcher is None or launcher.host != socket.gethostname() or launcher.pid == os.getpid():
+        return None
+    return launcher if _ours(launcher.pid, LAUNCHER_MARKS) else None
+
+
 def cancel_run(manifest: RunManifest) -> list[str]:
     """Stop the run: its launcher (which stops its local jobs and submits nothing more), then every unfinished job
-    directly (scancel on Slurm, SIGTERM locally). Returns what was stopped. Checkpoints stay: a later run resumes."""
+    it submitted directly (scancel on Slurm, SIGTERM locally); a shared job another recipe's run submitted is left
+    to that run. Returns what was stopped. Checkpoints stay: a later run resumes."""
     stopped = []
     launcher = manifest.launcher
-    if launcher and launcher.host == socket.gethostname() and _terminate(launcher.pid, ("harness.cli", "scm-bench")):
+    if launcher and launcher.host == socket.gethostname() and _terminate(launcher.pid, LAUNCHER_MARKS):
         stopped.append(f"launcher (pid {launcher.pid})")
     for row in job_rows(manifest):
         if row["state"] in ("trained", "finished") or row["state"].startswith("diverged"):
             continue
         hit = False
         for record in row["submissions"]:
+            if record.get("run", manifest.recipe) != manifest.recipe:  # another recipe's run submitted it
+                continue
             if record["executor"] == "slurm":
                 done = subprocess.run(["scancel", record["job_id"]], check=False, capture_output=True)
                 hit = hit or done.returncode == 0

@@ -43,10 +43,10 @@ def submitted(folder: Path) -> dict:
     return store.read_json(Path(folder) / "submitted.json", {})
 
 
-def _record(task: Task, handle, executor: str) -> None:
+def _record(task: Task, handle, executor: str, run: str | None) -> None:
     path = task.job.path / "submitted.json"
     record = store.read_json(path, {})
-    record[task.record_name] = {"executor": executor, "job_id": str(handle.job_id),
+    record[task.record_name] = {"executor": executor, "job_id": str(handle.job_id), "run": run,
                                 "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
     store.write_json(path, record)
 
@@ -68,9 +68,10 @@ def still_queued(task: Task):
 
 
 def submit_array(tasks: list[Task], executor: str, resources: ResourcesConfig, after: list[str],
-                 logs: Path) -> list:
+                 logs: Path, run: str | None = None) -> list:
     """One submission (a Slurm array where there are several) of these tasks; each job's folder gets job.json and
-    its submitted.json entry."""
+    its submitted.json entry, which names the run (recipe name) that submitted it: a job shared by two recipes'
+    runs is cancelled only by the run that submitted it."""
     ex = make_executor(executor, logs, resources, after, name=f"scm-{tasks[0].kind}")
     for task in tasks:
         task.job.path.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ def submit_array(tasks: list[Task], executor: str, resources: ResourcesConfig, a
         with ex.batch():
             handles = [ex.submit(JobEntry(), task) for task in tasks]
     for task, handle in zip(tasks, handles):
-        _record(task, handle, executor)
+        _record(task, handle, executor, run)
     return handles
 
 
