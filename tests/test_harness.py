@@ -150,7 +150,7 @@ def test_cli_slurm_without_sbatch_says_how_to_get_one(tmp_path):
 
 def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\nstages: {teacher: {steps: 5, lernrate: 1}}\n")
+    path.write_text("name: bad\nstages: {teacher: {method: diffusion, steps: 5, lernrate: 1}}\n")
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
