@@ -286,7 +286,7 @@ def tangents_part(ctx: Context) -> None:
                 low = precision.scaled_tangent(net, x0, z, labels, t, form, dtype)
                 finite = bool(torch.isfinite(low[1]).all() and torch.isfinite(low[0]).all())
                 ctx.emit("tangents", dtype=name, form=form, t=t, finite=finite,
-                         relative_error=precision._relative_error(low, ref))
+                         relative_error=precision.pair_relative_error(low, ref))
 
 
 def build_network_s512():

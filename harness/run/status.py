@@ -100,7 +100,7 @@ def cancel_run(manifest: RunManifest) -> list[str]:
             continue
         hit = False
         for record in row["submissions"]:
-            if record.get("run", manifest.recipe) != manifest.recipe:  # another recipe's run submitted it
+            if record.get("run") not in (None, manifest.recipe):  # another recipe's run submitted it
                 continue
             if record["executor"] == "slurm":
                 done = subprocess.run(["scancel", record["job_id"]], check=False, capture_output=True)

@@ -32,7 +32,7 @@ def tiny_unet(seed: int = 0, **settings):
     return net.eval()
 
 
-def _relative_error(low, ref) -> float:
+def pair_relative_error(low, ref) -> float:
     """||low - ref|| / ||ref|| of (F, tangent) pairs; nan when the float64 F itself is not finite (log-sigma at
     t = 0); inf when the half-precision F or tangent is not; 0 when both tangents are exactly 0 (t = 0)."""
     (F_low, J_low), (F_ref, J_ref) = low, ref
@@ -86,5 +86,5 @@ def precision_rows(dtypes=("bfloat16", "float16"), batch: int = 4, seed: int = 0
                 for dtype in dtypes:
                     low = scaled_tangent(net, x0, z, labels, t, form, getattr(torch, dtype))
                     rows.append({"network": name, "dtype": dtype, "form": form, "t": t,
-                                 "relative_error": _relative_error(low, ref)})
+                                 "relative_error": pair_relative_error(low, ref)})
     return rows
