@@ -24,14 +24,28 @@ def snap_to_grid(t: torch.Tensor, steps: int, t_max: float) -> tuple[torch.Tenso
     return i * dt, (i - 1) * dt
 
 
-def discrete_consistency_loss(net, weight, x0, class_labels, steps: int, p_mean, p_std,
+def ect_previous_time(t: torch.Tensor, stage: int, q: float, k: float, b: float,
+                      sigma_data: float = trigflow.SIGMA_DATA) -> torch.Tensor:
+    """ECT's shrinking step (Geng et al. 2024, the mapping of their code `t_to_r_sigmoid`), in EDM's sigma = sd tan t:
+    r = sigma (1 - n(sigma) / q^(stage + 1)), n(sigma) = 1 + k sigmoid(-b sigma), r >= 0; back to TrigFlow time."""
+    sigma = sigma_data * torch.tan(t)
+    n = 1 + k * torch.sigmoid(-b * sigma)
+    r = (sigma * (1 - n / q ** (stage + 1))).clamp(min=0)
+    return torch.atan(r / sigma_data)
+
+
+def discrete_consistency_loss(net, weight, x0, class_labels, steps: int | None, p_mean, p_std,
                               sigma_data=trigflow.SIGMA_DATA, generator=None, noise: Noise | None = None,
-                              t_max: float | None = None):
-    """Discrete-time consistency training with `steps` steps (see the module docstring); (loss, diagnostics)."""
+                              t_max: float | None = None, previous_time=None):
+    """Discrete-time consistency training with `steps` steps (see the module docstring); (loss, diagnostics).
+    `previous_time`: t -> t' instead of the grid (ECT's schedule); t itself is then not moved."""
     sd = sigma_data
     t_max = trigflow.t_max(sigma_data=sd) if t_max is None else t_max
     noise = noise or draw_noise(x0.shape, p_mean, p_std, sd, generator, None, x0.device, x0.dtype)
-    t, t_prev = snap_to_grid(noise.t, steps, t_max)
+    if previous_time is None:
+        t, t_prev = snap_to_grid(noise.t, steps, t_max)
+    else:
+        t, t_prev = noise.t, previous_time(noise.t)
     T, T_prev = expand(t, x0), expand(t_prev, x0)
     x_t = torch.cos(T) * x0 + torch.sin(T) * noise.z
     x_prev = torch.cos(T_prev) * x0 + torch.sin(T_prev) * noise.z
@@ -46,4 +60,4 @@ def discrete_consistency_loss(net, weight, x0, class_labels, steps: int, p_mean,
     loss = _weighted_mse(F_out, target, w)
     gap = (F_out.detach() - target).flatten(1).norm(dim=1).mean()
     return loss, {"loss": loss.detach(), "target_gap": gap, "w_mean": w.detach().mean(),
-                  "step_size": torch.tensor(t_max / steps)}
+                  "step_size": torch.tensor(t_max / steps) if previous_time is None else (t - t_prev).mean()}

@@ -47,3 +47,39 @@ class GaussianData:
         x_t = x * self.sd
         T = expand(t, x_t)
         return (torch.cos(T) * x_t - self.consistency(x_t, t)) / (torch.sin(T) * self.sd)
+
+
+class LinearPathGaussian:
+    """Data x ~ N(mu, diag(s^2)) under MeanFlow's linear path z_tau = (1 - tau) x + tau eps, eps ~ N(0, I), tau = 1
+    noise. z_tau ~ N((1 - tau) mu, diag(std_tau^2)), std_tau^2 = (1 - tau)^2 s^2 + tau^2: the marginal velocity is
+    affine in z, so the ODE keeps each standardized coordinate (z - (1 - tau) mu) / std_tau, and the flow map and
+    the average velocity u(z, r, t) = (z_t - z_r) / (t - r) (MeanFlow Eq. 3) are closed forms."""
+
+    def __init__(self, mu: torch.Tensor, s: torch.Tensor):
+        self.mu, self.s = mu, s
+
+    def std(self, tau: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        tau = expand(tau, like)
+        return torch.sqrt((1 - tau) ** 2 * self.s ** 2 + tau ** 2)
+
+    def flow(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """z_r from z_t along the ODE: (1 - r) mu + std_r / std_t (z_t - (1 - t) mu)."""
+        T, R = expand(t, z), expand(r, z)
+        return (1 - R) * self.mu + self.std(r, z) / self.std(t, z) * (z - (1 - T) * self.mu)
+
+    def velocity(self, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The marginal velocity v(z, tau) = E[eps - x | z_tau = z] = -mu + std'/std (z - (1 - tau) mu)."""
+        T, std = expand(tau, z), self.std(tau, z)
+        d_std = (T - (1 - T) * self.s ** 2) / std
+        return -self.mu + d_std / std * (z - (1 - T) * self.mu)
+
+    def average_velocity(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """u*(z, r, t) = (z_t - z_r) / (t - r) with z_t = z (MeanFlow Eq. 3); v(z, t) where r = t."""
+        h = t - r
+        safe = torch.where(h > 0, h, torch.ones_like(h))  # the r = t branch divides nothing
+        u = (z - self.flow(z, t, r)) / expand(safe, z)
+        return torch.where(expand(h, z) > 0, u, self.velocity(z, t))
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        eps = torch.randn((n, *self.mu.shape), generator=generator, dtype=self.mu.dtype)
+        return self.mu + self.s * eps

@@ -42,9 +42,11 @@ JVP_METHODS = {"torch-func": jvp_reference, "dual": jvp_dual}
 
 
 def network_tangent(F: NetFn, x_t: torch.Tensor, t: torch.Tensor, dxt_dt: torch.Tensor,
-                    sigma_data: float, method: str = "torch-func") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (F-(x_t / sd, t), sd cos(t) sin(t) dF-/dt) under no grad, by the chosen JVP method."""
+                    sigma_data: float, method: str = "torch-func",
+                    angle: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (F-(x_t / sd, t), sd cos(a) sin(a) dF-/dt) under no grad, by the chosen JVP method; the angle a is
+    t, or t - s for a consistency function that maps to a segment's start s (multistep)."""
     if method not in JVP_METHODS:
         raise ValueError(f"unknown JVP method {method!r}; choose one of {sorted(JVP_METHODS)}")
-    x_tangent, t_tangent = rearranged_tangents(dxt_dt, t, sigma_data)
+    x_tangent, t_tangent = rearranged_tangents(dxt_dt, t if angle is None else angle, sigma_data)
     return JVP_METHODS[method](F, x_t / sigma_data, t, x_tangent, t_tangent)

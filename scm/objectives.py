@@ -88,11 +88,13 @@ def _guidance_scales(guidance, batch: int, generator, like: torch.Tensor):
 def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_std: float,
                      tangent: TangentSettings = TangentSettings(), teacher: Callable | None = None,
                      guidance: float | tuple[float, float] = 1.0, sigma_data: float = trigflow.SIGMA_DATA,
-                     generator=None, noise: Noise | None = None):
+                     generator=None, noise: Noise | None = None, segment_start: torch.Tensor | None = None):
     """sCT (teacher=None: dx_t/dt = cos t z - sin t x0) or sCD (dx_t/dt from the teacher), Algorithm 1.
 
     sCD's teacher runs with CFG at `guidance`; a (lo, hi) range draws s per sample, and a student built with a
-    guidance input (`net.takes_guidance`) is told s. `noise`: this batch's draws (default: drawn here)."""
+    guidance input (`net.takes_guidance`) is told s. `noise`: this batch's draws (default: drawn here).
+    `segment_start` (multistep): f(x_t, t) = cos(t - s) x_t - sin(t - s) sd F maps to the start s of t's segment,
+    and every cos t, sin t of Algorithm 1 becomes cos(t - s), sin(t - s) (s = 0: Algorithm 1 itself)."""
     sd = sigma_data
     noise = noise or draw_noise(x0.shape, p_mean, p_std, sd, generator, guidance, x0.device, x0.dtype)
     t, z, s = noise.t, noise.z, noise.s
@@ -106,10 +108,11 @@ def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_
 
     # The JVP pass and the gradient pass must see the same dropout masks: replay the RNG.
     rng = _rng_state(x0.device)
+    angle = t if segment_start is None else t - segment_start
     F_minus, sd_cs_dF_dt = network_tangent(lambda x, tt: net(x, tt, class_labels, **student_kwargs), x_t, t,
-                                           dxt_dt, sd, tangent.jvp_method)
+                                           dxt_dt, sd, tangent.jvp_method, angle)
     r = min(1.0, step / tangent.warmup_steps) if tangent.warmup_steps > 0 else 1.0  # tangent warmup
-    T = expand(t, x_t)
+    T = expand(angle, x_t)
     g = -torch.cos(T) ** 2 * (sd * F_minus - dxt_dt) - r * (torch.cos(T) * torch.sin(T) * x_t + sd_cs_dF_dt)  # g
     g_norm = _per_sample_norm(g)
     if tangent.normalization == "norm":

@@ -21,7 +21,8 @@ def _networks(teacher: bool = False):
 
 
 def test_the_registry_names_every_built_in_and_refuses_what_is_not_a_method():
-    assert sorted(BUILT_IN) == ["diffusion", "discrete-ct", "scd", "sct"]
+    assert sorted(BUILT_IN) == ["diffusion", "discrete-ct", "meanflow", "multistep-scd", "scd", "scd-vsd", "sct",
+                                "vsd"]
     assert all(method_class(name) is cls and cls.name == name for name, cls in BUILT_IN.items())
     assert set(BUILT_IN) <= set(available())
     with pytest.raises(UnknownMethod, match="is not a subclass of scm.methods.Method"):

@@ -35,7 +35,8 @@ def test_an_unknown_name_says_what_exists_and_how_to_add_a_method():
     from scm.methods import UnknownMethod, method_class
 
     with pytest.raises(UnknownMethod, match="'no-such-method' is not a known method; use one of diffusion, "
-                                            "discrete-ct, scd, sct.*, or module:Class .* entry point in the group "
+                                            "discrete-ct, meanflow, multistep-scd, scd, scd-vsd, sct.*vsd.*, or "
+                                            "module:Class .* entry point in the group "
                                             "scm_bench.methods"):
         method_class("no-such-method")
 

@@ -24,12 +24,14 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def build(network, data_shape, num_classes: int, stage=None, takes_guidance: bool = False) -> nn.Module:
+def build(network, data_shape, num_classes: int, stage=None, takes_guidance: bool = False,
+          takes_interval: bool = False) -> nn.Module:
     """The network of a recipe's `network:` section for this data; `stage` gives its dropout settings (training),
-    None builds it without dropout (evaluation, a teacher); `takes_guidance` adds the guidance-scale input."""
+    None builds it without dropout (evaluation, a teacher); `takes_guidance` adds the guidance-scale input,
+    `takes_interval` the second time r (MeanFlow's u(z, r, t))."""
     settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0,
                     time_embedding=network.time_embedding, fourier_scale=network.fourier_scale,
-                    c_noise=network.c_noise, guidance_input=takes_guidance)
+                    c_noise=network.c_noise, guidance_input=takes_guidance, interval_input=takes_interval)
     if network.name == "mlp":
         settings.update(dim=math.prod(data_shape), hidden=network.channels or 128, depth=network.blocks_per_level or 4)
     else:
@@ -49,8 +51,10 @@ def build(network, data_shape, num_classes: int, stage=None, takes_guidance: boo
 
 
 def training_network(job: TrainJob, data_shape, num_classes: int) -> nn.Module:
-    """A network the job trains, as its stage sets it up (dropout on, guidance input where its method takes one)."""
-    return build(job.network, data_shape, num_classes, job.spec, job.method().takes_guidance())
+    """A network the job trains, as its stage sets it up (dropout on, guidance and second time inputs where its
+    method takes them)."""
+    method = job.method()
+    return build(job.network, data_shape, num_classes, job.spec, method.takes_guidance(), method.takes_interval())
 
 
 def sampled_ema(state: dict) -> dict:
@@ -65,18 +69,20 @@ def read_network(source: TrainJob | Checkpoint, reader: TrainJob, data_shape, nu
     if isinstance(source, Checkpoint):
         net = build(reader.network, data_shape, num_classes)
     else:
-        net = build(source.network, data_shape, num_classes, takes_guidance=source.method().takes_guidance())
+        method = source.method()
+        net = build(source.network, data_shape, num_classes, takes_guidance=method.takes_guidance(),
+                    takes_interval=method.takes_interval())
     state = state or store.load_checkpoint(checkpoint or source.final_checkpoint)
     net.load_state_dict(sampled_ema(state))
     return net.to(device()).eval().requires_grad_(False)
 
 
 def load_start(net: nn.Module, source: TrainJob | Checkpoint) -> None:
-    """A student starts as the network it is initialised from (its EMA weights); a guidance input the source lacks
-    is new and keeps its fresh initialisation."""
+    """A student starts as the network it is initialised from (its EMA weights); a guidance or second-time input
+    the source lacks is new and keeps its fresh initialisation (the interval's starts at zero: the source itself)."""
     missing, unexpected = net.load_state_dict(sampled_ema(store.load_checkpoint(source.final_checkpoint)),
                                               strict=False)
-    foreign = [key for key in missing if "guidance" not in key] + list(unexpected)
+    foreign = [key for key in missing if "guidance" not in key and "interval" not in key] + list(unexpected)
     if foreign:
         raise RuntimeError(f"the weights of {source.id} do not fit this stage's network ({foreign[0]} ...); a stage "
                            "must share the network settings of the stage it starts from")

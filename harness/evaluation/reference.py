@@ -14,7 +14,9 @@ from .features import stream_features
 from .images import pixels_of
 from .metrics import feature_statistics, fid_from_features
 
-KID_REFERENCE_FEATURES = 50_000  # reference features kept for KID (a seeded random subset of larger data sets)
+# reference features kept for KID and precision/recall (a seeded random subset of larger data sets); 50k is also
+# the real side of the precision/recall protocol (precision_recall.MAX_FEATURES)
+KID_REFERENCE_FEATURES = 50_000
 REFERENCE_CHUNK = 4096  # images per chunk when streaming the real data through the extractor
 
 

@@ -1,12 +1,16 @@
-"""The sCM paper's published numbers (results/baselines/sCM_paper.csv) and which of them a recipe sits beside."""
+"""Published numbers (results/baselines/*.csv: the sCM paper's, and its competitors' from their own papers) and
+which of them a recipe sits beside."""
 from pathlib import Path
 
 import pandas as pd
 
-BASELINES = Path(__file__).resolve().parents[2] / "results" / "baselines" / "sCM_paper.csv"
+BASELINES = Path(__file__).resolve().parents[2] / "results" / "baselines"
 
 # our recipe -> the paper's (table, dataset) in the baselines csv; smoke runs ("NAME-smoke") map like NAME
 PAPER_TABLES = {
+    "table7_imagenet512": ("table7", "imagenet512"),  # Table 7 and Table 6's M column (multistep sCD)
+    "fig7_guidance": ("table7", "imagenet512"),  # Fig. 7's values are not in the text; Table 7 at its scales
+    "meanflow_cifar10": ("meanflow", "cifar10"),
     "table1_cifar10": ("table1", "cifar10"),
     "table1_imagenet64": ("table1", "imagenet64"),
     "table2_sct": ("table2", "imagenet512"),
@@ -16,13 +20,17 @@ PAPER_TABLES = {
     "fig6_scaling_512": ("table2", "imagenet512"),
 }
 # the csv's spelling of the built-in methods (its other methods are the paper's baselines)
-PAPER_METHODS = {"diffusion": "TrigFlow teacher", "sct": "sCT", "scd": "sCD"}
+PAPER_METHODS = {"diffusion": "TrigFlow teacher", "sct": "sCT", "scd": "sCD", "vsd": "VSD", "scd-vsd": "sCD+VSD",
+                 "multistep-scd": "multistep sCD", "meanflow": "MeanFlow"}
 ODE_FAMILY = "diffusion"  # the paper's rows of diffusion models: paired with ours at any NFE (solver budgets differ)
 
 
 def load_baselines(path: Path = BASELINES) -> pd.DataFrame:
-    """The paper's published numbers (one row per table, dataset, method, size, NFE and metric)."""
-    frame = pd.read_csv(path)
+    """The published numbers (one row per table, dataset, method, size, NFE and metric) of a csv file, or of every
+    csv file in a folder."""
+    path = Path(path)
+    frame = pd.concat([pd.read_csv(p) for p in sorted(path.glob("*.csv"))] if path.is_dir() else [pd.read_csv(path)],
+                      ignore_index=True)
     return frame.assign(size=frame["size"].fillna("").astype(str))
 
 

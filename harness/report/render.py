@@ -61,7 +61,7 @@ def _protocol(frame: pd.DataFrame, recipe_name: str, paper: pd.DataFrame) -> str
                 "marked and left out of the mean. FID / teacher: each run's FID over the FID of its own teacher.")
     if len(paper):
         table, dataset = PAPER_TABLES[recipe_name.removesuffix("-smoke")]
-        text.append(f"paper FID: the sCM paper ({table}, {dataset}; results/baselines/sCM_paper.csv), at the paper's "
+        text.append(f"paper FID: the published number ({table}, {dataset}; results/baselines/), at the paper's "
                     "guidance scale where it states one (the teacher's at the paper's own solver budget, whatever our NFE); "
                     "ours - paper and ours / paper compare the two. The paper's "
                     "FID is Inception FID on 50k samples: a comparison means something only when our features are "

@@ -17,7 +17,8 @@ WIDE_METRICS = ("fid", "kid", "class_accuracy", "fd_dinov2")  # columns of rows 
 ROW_DEFAULTS = {"variant": "", "stage": "", "size": "", "params_m": np.nan, "seed": 0, "sampler": "", "guidance": 1.0,
                 "diverged": False, "grid": "", "train_seconds": np.nan, "num_samples": np.nan, "features": "",
                 "reference": "", "reference_hash": "", "ema": "", "code_version": "", "date": "",
-                "real_vs_real_half_fid": np.nan, "intermediate": False, "method_label": ""}
+                "real_vs_real_half_fid": np.nan, "intermediate": False, "method_label": "",
+                "train_compute": np.nan, "seconds_per_step": np.nan}
 
 
 def _melt_wide(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """The evaluation worker: a finished training job sampled at every setting of its method's sampling block
-(per-sample seeds, sharded, resumable), measured in the recipe's feature space (FID, KID, FD_DINOv2 where asked,
-class accuracy on the digits), with a sample grid per setting; and the generation-array task that makes a share of
-the shards beforehand. Metrics rows are long: one per (checkpoint, setting, metric)."""
+(per-sample seeds, sharded, resumable), measured in the recipe's feature space (FID, KID, improved precision and
+recall, FD_DINOv2 where asked, class accuracy on the digits), with a sample grid per setting; and the
+generation-array task that makes a share of the shards beforehand. Metrics rows are long: one per (checkpoint,
+setting, metric)."""
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..evaluation.features import build_dinov2_extractor, build_extractor
 from ..evaluation.generate import generate
 from ..evaluation.images import grid_indices, latent_decoder, pixels_of, write_grid
 from ..evaluation.metrics import feature_statistics, frechet_distance, kernel_distance
+from ..evaluation.precision_recall import matched_precision_recall
 from ..evaluation.reference import reference_statistics
 from ..evaluation.shards import Sampler, shard_features
 from ..recipe.jobs import EvalJob
@@ -71,17 +73,22 @@ def generate_part(job: EvalJob, part: tuple[int, int], threads: int) -> list:
     return []
 
 
-def _metrics(feats: dict, classes, labels, refs: dict) -> dict:
+def _metrics(feats: dict, classes, labels, refs: dict, device=None) -> dict[str, dict]:
+    """{metric: its row's own fields}: the value, and for precision and recall the k and the samples per side."""
     ref = refs["features"]
     metrics = {"fid": frechet_distance(*feature_statistics(feats["features"]), ref["mu"], ref["sigma"])}
-    if ref.get("feats") is not None:
+    extra = {}
+    if ref.get("feats") is not None:  # KID and precision/recall need real features, not only mu and sigma
         metrics["kid"] = kernel_distance(feats["features"], ref["feats"])
+        pr = matched_precision_recall(ref["feats"], feats["features"], device=device)
+        for name in ("precision", "recall") if pr else ():
+            metrics[name], extra[name] = pr[name], {"pr_k": pr["k"], "pr_samples": pr["count"]}
     if "dinov2" in feats:
         metrics["fd_dinov2"] = frechet_distance(*feature_statistics(feats["dinov2"]), refs["dinov2"]["mu"],
                                                 refs["dinov2"]["sigma"])
     if classes is not None:
         metrics["class_accuracy"] = float((classes == labels.numpy()).mean())
-    return metrics
+    return {name: {"value": value, **extra.get(name, {})} for name, value in metrics.items()}
 
 
 def _setting_rows(inputs: _Inputs, net, setting, samples: Path, refs: dict, ranks: Ranks) -> list[dict]:
@@ -102,8 +109,9 @@ def _setting_rows(inputs: _Inputs, net, setting, samples: Path, refs: dict, rank
               "guidance": setting.guidance, "num_samples": len(feats["features"]), "sample_seconds": sample_seconds,
               "grid": str(grid.resolve())}
     references = {prefix: _reference_context(refs[prefix], inputs.extractors[prefix]) for prefix in refs}
-    return [{**common, **references["dinov2" if name == "fd_dinov2" else "features"], "metric": name, "value": value}
-            for name, value in _metrics(feats, classes, inputs.labels, refs).items()]
+    metrics = _metrics(feats, classes, inputs.labels, refs, inputs.extractors["features"].device)
+    return [{**common, **references["dinov2" if name == "fd_dinov2" else "features"], "metric": name, **fields}
+            for name, fields in metrics.items()]
 
 
 def _reference_context(ref: dict, extractor) -> dict:

@@ -59,8 +59,12 @@ def job_context(job: EvalJob) -> dict:
 
 
 def checkpoint_context(job: EvalJob, state: dict, checkpoint: Path, net) -> dict:
-    ema = job.train.spec.ema
+    """Where the rows' checkpoint came from, and what it cost: training compute in forward-equivalents (steps x
+    batch x the method's cost per step, as `scm-bench plan` counts) and the measured seconds per step."""
+    ema, steps = job.train.spec.ema, int(state["step"])
     return {"params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+            "train_compute": steps * job.train.spec.batch_size * job.train.method().cost_per_step(),
+            "seconds_per_step": state["elapsed"] / max(steps, 1),
             "ema": (f"power sigma_rel={ema.sigma_rel}" if ema.kind == "power"
                     else f"halflife {ema.halflife_images:g} images"),
             "checkpoint_step": int(state["step"]), "checkpoint": checkpoint.name, "train_seconds": state["elapsed"],
@@ -74,7 +78,7 @@ def diverged_rows(job: EvalJob, conditional: bool) -> list[dict]:
     if cached is not None:
         return cached
     record = diverged_record(job.train)
-    metrics = ["fid", "kid"] + (["fd_dinov2"] if job.evaluation.fd_dinov2 else [])
+    metrics = ["fid", "kid", "precision", "recall"] + (["fd_dinov2"] if job.evaluation.fd_dinov2 else [])
     context = {**job_context(job), "checkpoint_step": record["step"], "features": job.evaluation.features,
                "intermediate": False, "diverged": True, "diverged_step": record["step"],
                "diverged_term": record["term"], "diverged_message": record["message"]}

@@ -36,10 +36,13 @@ _COST_CACHE: dict[tuple, dict] = {}
 
 
 def _example_inputs(net, batch: int, shape, num_classes: int) -> tuple[tuple, dict]:
-    """(x, t, labels) and the guidance scale where the network takes one: what training passes it."""
+    """(x, t, labels), the guidance scale and the second time r where the network takes them: what training
+    passes it."""
     x, t = torch.zeros(batch, *shape), torch.full((batch,), 0.5)
     labels = torch.zeros(batch, dtype=torch.long) if num_classes else None
     extra = {"guidance": torch.ones(batch)} if getattr(net, "takes_guidance", False) else {}
+    if getattr(net, "takes_interval", False):
+        extra["r"] = torch.full((batch,), 0.25)
     return (x, t, labels), extra
 
 
@@ -96,7 +99,9 @@ def network_cost(job: TrainJob) -> dict:
     shape, num_classes = data_shape(job.data)
     # dropout changes saved bytes only by whether masks are kept, not by its rate (label dropout's mask is one
     # value per sample: left out of the key)
-    key = (job.network.model_dump_json(), shape, num_classes, job.spec.dropout > 0, job.method().takes_guidance())
+    method = job.method()
+    key = (job.network.model_dump_json(), shape, num_classes, job.spec.dropout > 0, method.takes_guidance(),
+           method.takes_interval())
     if key not in _COST_CACHE:
         _COST_CACHE[key] = _measure(job, shape, num_classes)
     return dict(_COST_CACHE[key])

@@ -1,6 +1,6 @@
 """Training methods behind one interface (`Method`), found by name.
 
-`method_class(name)` resolves, in order: a built-in (diffusion, sct, scd, discrete-ct), a method installed by
+`method_class(name)` resolves, in order: a built-in (diffusion, sct, scd, discrete-ct, vsd, scd-vsd, multistep-scd, ...), a method installed by
 another package under the entry-point group `scm_bench.methods` (name = the entry point's name), or a
 `module:Class` path (a class importable from the Python path).
 """
@@ -11,11 +11,16 @@ from .base import Method, MethodSettings, Networks, SamplingError, SamplingSetti
 from .consistency import ConsistencyModel, ConsistencySampling
 from .diffusion import Diffusion
 from .discrete_ct import DiscreteCT
+from .meanflow import MeanFlow
+from .multistep_scd import MultistepSCD
 from .scd import SCD
+from .scd_vsd import SCDVSD
 from .sct import SCT
+from .vsd import VSD
 
 ENTRY_POINT_GROUP = "scm_bench.methods"
-BUILT_IN: dict[str, type[Method]] = {cls.name: cls for cls in (Diffusion, SCT, SCD, DiscreteCT)}
+BUILT_IN: dict[str, type[Method]] = {cls.name: cls for cls in (Diffusion, SCT, SCD, DiscreteCT, VSD, SCDVSD,
+                                                              MultistepSCD, MeanFlow)}
 
 
 class UnknownMethod(ValueError):
@@ -80,5 +85,5 @@ def method_class(name: str) -> type[Method]:
 
 
 __all__ = ["Method", "MethodSettings", "SamplingError", "SamplingSettings", "Setting", "Trained", "Networks",
-           "ConsistencyModel", "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "BUILT_IN",
+           "ConsistencyModel", "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "VSD", "SCDVSD", "MultistepSCD", "BUILT_IN",
            "ENTRY_POINT_GROUP", "UnknownMethod", "method_class", "available", "installed"]

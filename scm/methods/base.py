@@ -39,6 +39,11 @@ class SamplingSettings(BaseModel):
         return self
 
 
+def ends(values: list) -> list:
+    """A long sweep (Fig. 7's guidance scales) at toy scale (`at_toy_scale`): its first and last value."""
+    return values if len(values) <= 2 else [values[0], values[-1]]
+
+
 @dataclass(frozen=True)
 class Setting:
     """One way to sample a trained network; each gives one row of metrics.
@@ -106,6 +111,10 @@ class Method(ABC):
 
     def takes_guidance(self) -> bool:
         """Whether its networks take the guidance scale s as an input (sCD on ImageNet 512)."""
+        return False
+
+    def takes_interval(self) -> bool:
+        """Whether its networks take a second time r (MeanFlow's average velocity u(z, r, t) over [r, t])."""
         return False
 
     def teacher_guidance(self) -> float:

@@ -6,7 +6,7 @@ scale of `guidance`; one that does not samples without guidance (its guidance, i
 from pydantic import Field, field_validator
 
 from ..sampling import consistency_sample, consistency_times, guided
-from .base import Method, SamplingError, SamplingSettings, Setting
+from .base import Method, SamplingError, SamplingSettings, Setting, ends
 
 
 class ConsistencySampling(SamplingSettings):
@@ -26,6 +26,9 @@ class ConsistencySampling(SamplingSettings):
         if any(s < 1.0 for s in v):
             raise ValueError("guidance scales must be >= 1, e.g. [1.3, 1.5]")
         return v
+
+    def at_toy_scale(self) -> "ConsistencySampling":
+        return self.model_copy(update={"guidance": ends(self.guidance)})
 
 
 class ConsistencyModel(Method):

@@ -6,7 +6,7 @@ from pydantic import field_validator
 
 from ..objectives import diffusion_loss
 from ..sampling import guided, teacher_sample
-from .base import Method, SamplingSettings, Setting
+from .base import Method, SamplingSettings, Setting, ends
 from .proposal import LogNormalProposal, ProposalSettings
 
 
@@ -43,7 +43,9 @@ class DiffusionSampling(SamplingSettings):
         return self.guidance if isinstance(self.guidance, list) else [self.guidance]
 
     def at_toy_scale(self) -> "DiffusionSampling":
-        return self.model_copy(update={"steps": [2, 3] if len(self.step_list) > 1 else 2})
+        return self.model_copy(update={"steps": [2, 3] if len(self.step_list) > 1 else 2,
+                                       "guidance": ends(self.guidance_list) if len(self.guidance_list) > 1
+                                       else self.guidance})
 
 
 class Diffusion(LogNormalProposal, Method):

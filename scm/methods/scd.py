@@ -9,6 +9,17 @@ from ..objectives import consistency_loss, draw_noise
 from .sct import SCT, ConsistencySettings
 
 
+def checked_guidance(v, guidance_input: bool):
+    """A teacher's CFG scale >= 1, or a range [lo, hi] drawn per sample for a student told the scale."""
+    low, high = (v, v) if isinstance(v, (int, float)) else v
+    if low < 1.0 or high < low:
+        raise ValueError("guidance must be a scale >= 1 or a range [lo, hi] with 1 <= lo <= hi")
+    if low != high and not guidance_input:
+        raise ValueError(f"[{low:g}, {high:g}] is a range but the student cannot be told the scale; set "
+                         "guidance_input: true beside it, or give one scale")
+    return v if low != high or isinstance(v, (int, float)) else float(low)  # [s, s] is the scale s
+
+
 class DistillationSettings(ConsistencySettings):
     guidance_input: bool = False  # the student takes the scale s as an input (sCD, ImageNet 512)
     guidance: float | tuple[float, float] = 1.0  # the teacher's CFG scale, or a range [lo, hi] drawn per sample
@@ -16,13 +27,7 @@ class DistillationSettings(ConsistencySettings):
     @field_validator("guidance")
     @classmethod
     def _at_least_one(cls, v, info: ValidationInfo):
-        low, high = (v, v) if isinstance(v, (int, float)) else v
-        if low < 1.0 or high < low:
-            raise ValueError("guidance must be a scale >= 1 or a range [lo, hi] with 1 <= lo <= hi")
-        if low != high and not info.data.get("guidance_input"):
-            raise ValueError(f"[{low:g}, {high:g}] is a range but the student cannot be told the scale; set "
-                             "guidance_input: true beside it, or give one scale")
-        return v if low != high or isinstance(v, (int, float)) else float(low)  # [s, s] is the scale s
+        return checked_guidance(v, info.data.get("guidance_input"))
 
 
 class SCD(SCT):

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from . import layers, ops
-from .layers import (C_NOISE, Conv2d, Linear, PositionalEmbedding, double_norm_scale_shift, guidance_scales,
-                     merge_heads, norm_module, per_channel, resample, run_unet, split_heads)
+from .layers import (C_NOISE, Conv2d, IntervalEmbedding, Linear, PositionalEmbedding, check_interval,
+                     double_norm_scale_shift, guidance_scales, merge_heads, norm_module, per_channel, resample,
+                     run_unet, split_heads)
 from .toy import onehot_labels
 
 EPS = 1e-6
@@ -87,7 +88,7 @@ class DDPMpp(nn.Module):
                  num_blocks: int = 4, attn_resolutions: tuple[int, ...] = (16,), dropout: float = 0.13,
                  dropout_max_resolution: int | None = None, label_dropout: float = 0.0,
                  time_embedding: str = "positional", fourier_scale: float = 16.0, c_noise: str = "t",
-                 guidance_input: bool = False, modulation: str = "double-norm"):
+                 guidance_input: bool = False, modulation: str = "double-norm", interval_input: bool = False):
         super().__init__()
         if c_noise not in C_NOISE:
             raise ValueError(f"unknown c_noise {c_noise!r}; choose one of {C_NOISE}")
@@ -138,8 +139,11 @@ class DDPMpp(nn.Module):
         self.conv_out = Conv2d(cout, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # F = 0 at initialization (EDM: xavier * 1e-5)
         nn.init.zeros_(self.conv_out.bias)
+        # a second time r: embed(t - r) -> linear, added like the label (built last: the rest draws as without it)
+        self.takes_interval = interval_input
+        self.emb_interval = IntervalEmbedding(cnoise, cnoise, time_embedding, fourier_scale) if interval_input else None
 
-    def embedding(self, t: ops.Value, class_labels: torch.Tensor | None, guidance) -> ops.Value:
+    def embedding(self, t: ops.Value, class_labels: torch.Tensor | None, guidance, r=None) -> ops.Value:
         emb = self.emb_time(layers.c_noise(t, self.c_noise_kind))
         p = ops.primal(emb)
         if self.emb_label is not None:  # no label (unconditional, CFG's null class) or a dropped one: zero one-hot
@@ -150,10 +154,13 @@ class DDPMpp(nn.Module):
         if self.emb_guidance is not None:  # guidance scale s: positional(s) -> linear, added like the label
             s = guidance_scales(guidance, p)
             emb = ops.add(emb, self.emb_guidance["linear"](self.emb_guidance["embed"](s)))
+        if self.emb_interval is not None:
+            emb = ops.add(emb, self.emb_interval(t, r))
         return ops.silu(self.map1(ops.silu(self.map0(emb))))
 
     def forward(self, x: ops.Value, t: ops.Value, class_labels: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> ops.Value:
-        emb = self.embedding(t, class_labels, guidance)
+                guidance: torch.Tensor | None = None, r: ops.Value | None = None) -> ops.Value:
+        check_interval(r, self.takes_interval)
+        emb = self.embedding(t, class_labels, guidance, r)
         x = run_unet(self.enc, self.dec, x, emb, lambda h, skip: ops.cat([h, skip], dim=1))
         return self.conv_out(ops.silu(norm_module(self.norm_out, x)))

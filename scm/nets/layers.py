@@ -73,6 +73,35 @@ def time_embedding(kind: str, channels: int, fourier_scale: float = 16.0) -> nn.
     raise ValueError(f"unknown time embedding {kind!r}; choose one of {TIME_EMBEDDINGS}")
 
 
+class IntervalEmbedding(nn.Module):
+    """A second time input r (MeanFlow's u(z, r, t)): embed(t - r) [-> SiLU MLP] -> Linear, summed into the time
+    embedding, so the network is conditioned on (t, t - r) (MeanFlow Sec. 4.3, Tab. 1c: the best of the variants).
+    The last Linear starts at zero: a fresh two-time network is the one-time network for every r."""
+
+    def __init__(self, channels: int, out_channels: int, kind: str = "positional", fourier_scale: float = 16.0,
+                 hidden: bool = False):
+        super().__init__()
+        self.embed = time_embedding(kind, channels, fourier_scale)
+        self.hidden = Linear(channels, channels) if hidden else None
+        self.out = Linear(channels, out_channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, t: ops.Value, r: ops.Value) -> ops.Value:
+        h = self.embed(ops.add(t, r, alpha=-1.0))  # t - r: both may carry a tangent
+        if self.hidden is not None:
+            h = ops.silu(self.hidden(h))
+        return self.out(h)
+
+
+def check_interval(r, takes_interval: bool) -> None:
+    """r= is given exactly when the network was built with interval_input=True."""
+    if takes_interval and r is None:
+        raise ValueError("this network takes a second time (interval_input=True): pass r=, the interval's start")
+    if not takes_interval and r is not None:
+        raise ValueError("this network has no second time input: build it with interval_input=True to pass r=")
+
+
 def resample(x: ops.Value, mode: str) -> ops.Value:
     """EDM's / EDM2's [1, 1] filter: 2x2 average down, nearest-neighbour up (both linear); "keep" is identity."""
     if mode == "down":

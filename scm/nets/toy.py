@@ -10,8 +10,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import ops
-from .layers import (AdaptiveDoubleNorm, AttentionBlock, norm_module, Conv2d, Linear, Modulations, ResBlock, c_noise, guidance_scales,
-                     time_embedding)
+from .layers import (AdaptiveDoubleNorm, AttentionBlock, norm_module, Conv2d, IntervalEmbedding, Linear, Modulations,
+                     ResBlock, c_noise, check_interval, guidance_scales, time_embedding)
 
 
 def onehot_labels(class_labels: torch.Tensor, num_classes: int, label_dropout: float, training: bool,
@@ -25,8 +25,9 @@ def onehot_labels(class_labels: torch.Tensor, num_classes: int, label_dropout: f
 
 
 class ConditionEmbedding(nn.Module):
-    """emb = SiLU(MLP(embed(c_noise(t))) + W onehot(label) + guidance term); the guidance scale s enters as
-    positional(s) -> linear, added to the time embedding (sCD on ImageNet 512)."""
+    """emb = SiLU(MLP(embed(c_noise(t))) + W onehot(label) + guidance term [+ interval term]); the guidance scale s
+    enters as positional(s) -> linear, added to the time embedding (sCD on ImageNet 512); the interval term is the
+    network's embedding of t - r (a two-time network, `IntervalEmbedding`)."""
 
     def __init__(self, emb_channels: int, num_classes: int = 0, label_dropout: float = 0.0,
                  time_embedding_kind: str = "positional", fourier_scale: float = 16.0, c_noise_kind: str = "t",
@@ -41,7 +42,8 @@ class ConditionEmbedding(nn.Module):
         self.guidance = nn.Sequential(time_embedding("positional", emb_channels),
                                       nn.Linear(emb_channels, emb_channels)) if guidance_input else None
 
-    def forward(self, t: ops.Value, class_labels: torch.Tensor | None, guidance: torch.Tensor | None = None):
+    def forward(self, t: ops.Value, class_labels: torch.Tensor | None, guidance: torch.Tensor | None = None,
+                interval: ops.Value | None = None):
         emb = self.mlp1(ops.silu(self.mlp0(self.time(c_noise(t, self.c_noise_kind)))))
         dtype = ops.primal(emb).dtype
         if self.label is not None and class_labels is not None:
@@ -49,6 +51,8 @@ class ConditionEmbedding(nn.Module):
                                                         self.training, dtype)))
         if self.guidance is not None:
             emb = ops.add(emb, self.guidance(guidance_scales(guidance, ops.primal(emb))))
+        if interval is not None:
+            emb = ops.add(emb, interval)
         return ops.silu(emb)
 
 
@@ -59,7 +63,8 @@ class ToyUNet(nn.Module):
                  channel_mult: tuple[int, ...] = (1, 2), blocks_per_level: int = 2,
                  attn_resolutions: tuple[int, ...] = (4,), num_classes: int = 0,
                  label_dropout: float = 0.0, dropout: float = 0.0, time_embedding: str = "positional",
-                 fourier_scale: float = 16.0, c_noise: str = "t", guidance_input: bool = False):
+                 fourier_scale: float = 16.0, c_noise: str = "t", guidance_input: bool = False,
+                 interval_input: bool = False):
         super().__init__()
         emb_channels = 4 * channels
         self.resolution, self.in_channels, self.takes_guidance = resolution, in_channels, guidance_input
@@ -92,6 +97,10 @@ class ToyUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         self.adaptive_norms = [m for m in self.modules() if isinstance(m, AdaptiveDoubleNorm)]  # a plain list
+        # built last, so the other weights draw the same numbers as without it
+        self.takes_interval = interval_input
+        self.interval = IntervalEmbedding(emb_channels, emb_channels, time_embedding, fourier_scale, hidden=True) \
+            if interval_input else None
 
     @staticmethod
     def _block(cin, cout, emb, dropout, attn):
@@ -103,8 +112,10 @@ class ToyUNet(nn.Module):
         return block[1](x) if len(block) > 1 else x
 
     def forward(self, x: ops.Value, t: ops.Value, class_labels: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> ops.Value:
-        emb = Modulations(self.adaptive_norms, self.embed(t, class_labels, guidance))
+                guidance: torch.Tensor | None = None, r: ops.Value | None = None) -> ops.Value:
+        check_interval(r, self.takes_interval)
+        interval = self.interval(t, r) if self.interval is not None else None
+        emb = Modulations(self.adaptive_norms, self.embed(t, class_labels, guidance, interval))
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
@@ -125,7 +136,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 4, num_classes: int = 0,
                  label_dropout: float = 0.0, time_embedding: str = "positional", fourier_scale: float = 16.0,
-                 c_noise: str = "t", guidance_input: bool = False):
+                 c_noise: str = "t", guidance_input: bool = False, interval_input: bool = False):
         super().__init__()
         self.takes_guidance = guidance_input
         self.embed = ConditionEmbedding(hidden, num_classes, label_dropout, time_embedding, fourier_scale, c_noise,
@@ -135,10 +146,14 @@ class MLP(nn.Module):
         self.out = Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.takes_interval = interval_input  # built last, as in ToyUNet
+        self.interval = IntervalEmbedding(hidden, hidden, time_embedding, fourier_scale, hidden=True) \
+            if interval_input else None
 
     def forward(self, x: ops.Value, t: ops.Value, class_labels: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> ops.Value:
-        emb = self.embed(t, class_labels, guidance)
+                guidance: torch.Tensor | None = None, r: ops.Value | None = None) -> ops.Value:
+        check_interval(r, self.takes_interval)
+        emb = self.embed(t, class_labels, guidance, self.interval(t, r) if self.interval is not None else None)
         shape = ops.primal(x).shape[1:]
         h = self.inp(ops.linear_map(x, lambda a: a.flatten(1)))  # images are flattened: a pixel-space baseline too
         for layer in self.layers:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import layers, ops
-from .layers import (C_NOISE, PositionalEmbedding, double_norm_scale_shift, guidance_scales, per_channel, resample,
-                     run_unet)
+from .layers import (C_NOISE, PositionalEmbedding, check_interval, double_norm_scale_shift, guidance_scales,
+                     per_channel, resample, run_unet)
 from .toy import onehot_labels
 
 SIZES = {"S": 192, "M": 256, "L": 320, "XL": 384, "XXL": 448}  # model channels (EDM2 Table 2, sCM Table 3)
@@ -112,6 +112,21 @@ class Block(nn.Module):
         return ops.add(self.attn_proj(y, gain=w_y), x, alpha=w_x)  # mp_sum(x, attn, attn_balance)
 
 
+class MPIntervalEmbedding(nn.Module):
+    """A second time r (MeanFlow's u(z, r, t)): embed(t - r) -> MP linear, times a gain that starts at 0, so a fresh
+    two-time network is the one-time network; added to the time embedding like the guidance scale. The network
+    builds it last, so its other weights draw the same numbers as without it."""
+
+    def __init__(self, channels: int, out_channels: int, kind: str = "positional", fourier_scale: float = 16.0):
+        super().__init__()
+        self.embed = layers.time_embedding(kind, channels, fourier_scale)
+        self.linear = MPConv(channels, out_channels, 0)
+        self.gain = nn.Parameter(torch.zeros([]))
+
+    def forward(self, t: ops.Value, r: ops.Value) -> ops.Value:
+        return self.linear(self.embed(ops.add(t, r, alpha=-1.0)), gain=self.gain)  # (t, t - r), MeanFlow Sec. 4.3
+
+
 def mp_cat(a: ops.Value, b: ops.Value, t: float = 0.5) -> ops.Value:
     """EDM2's magnitude-preserving concatenation along channels."""
     na, nb = ops.primal(a).shape[1], ops.primal(b).shape[1]
@@ -129,7 +144,7 @@ class UNetEDM2(nn.Module):
                  concat_balance: float = 0.5, dropout: float = 0.0, dropout_max_resolution: int | None = None,
                  label_dropout: float = 0.0, time_embedding: str = "positional", fourier_scale: float = 16.0,
                  c_noise: str = "t", guidance_input: bool = False, modulation: str = "double-norm",
-                 channels_per_head: int = 64):
+                 channels_per_head: int = 64, interval_input: bool = False):
         super().__init__()
         if model_channels is None:
             if size not in SIZES:
@@ -182,13 +197,20 @@ class UNetEDM2(nn.Module):
                                                              attention=res in attn_resolutions)
                 cout = ch
         self.out_conv = MPConv(cout, channels, 3)
+        self.emb_interval = MPIntervalEmbedding(cnoise, cemb, time_embedding, fourier_scale) if interval_input else None
 
-    def embedding(self, t: ops.Value, class_labels: torch.Tensor | None, guidance) -> ops.Value:
+    @property
+    def takes_interval(self) -> bool:
+        return self.emb_interval is not None
+
+    def embedding(self, t: ops.Value, class_labels: torch.Tensor | None, guidance, r=None) -> ops.Value:
         emb = self.emb_noise(self.emb_time(layers.c_noise(t, self.c_noise_kind)))
         dtype = ops.primal(emb).dtype
         if self.emb_guidance is not None:  # guidance scale s: positional(s) -> linear, added to the time embedding
             s = guidance_scales(guidance, ops.primal(emb))
             emb = ops.add(emb, self.emb_guidance["linear"](self.emb_guidance["embed"](s)))
+        if self.emb_interval is not None:  # (t, t - r), MeanFlow Sec. 4.3
+            emb = ops.add(emb, self.emb_interval(t, r))
         if self.emb_label is not None and class_labels is not None:
             onehot = onehot_labels(class_labels, self.num_classes, self.label_dropout, self.training, dtype)
             w_t, w_l = mp_sum_weights(self.label_balance)
@@ -197,8 +219,9 @@ class UNetEDM2(nn.Module):
         return ops.linear_map(ops.silu(emb), lambda a: a * MP_SILU_GAIN)
 
     def forward(self, x: ops.Value, t: ops.Value, class_labels: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> ops.Value:
-        emb = self.embedding(t, class_labels, guidance)
+                guidance: torch.Tensor | None = None, r: ops.Value | None = None) -> ops.Value:
+        check_interval(r, self.takes_interval)
+        emb = self.embedding(t, class_labels, guidance, r)
         p = ops.primal(x)
         x = ops.cat([x, torch.ones_like(p[:, :1])], dim=1)
         x = run_unet(self.enc, self.dec, x, emb, lambda h, skip: mp_cat(h, skip, t=self.concat_balance))
