@@ -13,7 +13,7 @@ warmup): the gradients agree up to the factor t_max / (N sd sin t cos t), which 
 import torch
 
 from . import trigflow
-from .objectives import Noise, _rng_state, _set_rng_state, _weighted_mse, draw_noise
+from .objectives import Noise, rng_state, set_rng_state, weighted_mse, draw_noise
 from .trigflow import expand
 
 
@@ -50,14 +50,14 @@ def discrete_consistency_loss(net, weight, x0, class_labels, steps: int | None, 
     x_t = torch.cos(T) * x0 + torch.sin(T) * noise.z
     x_prev = torch.cos(T_prev) * x0 + torch.sin(T_prev) * noise.z
     # the same dropout masks for both passes, as sCT's JVP and gradient passes
-    rng = _rng_state(x0.device)
+    rng = rng_state(x0.device)
     with torch.no_grad():
         f_prev = torch.cos(T_prev) * x_prev - torch.sin(T_prev) * sd * net(x_prev / sd, t_prev, class_labels)
-    _set_rng_state(x0.device, rng)
+    set_rng_state(x0.device, rng)
     target = (torch.cos(T) * x_t - f_prev) / (sd * torch.sin(T))
     F_out = net(x_t / sd, t, class_labels)
     w = weight(t)
-    loss = _weighted_mse(F_out, target, w)
+    loss = weighted_mse(F_out, target, w)
     gap = (F_out.detach() - target).flatten(1).norm(dim=1).mean()
     return loss, {"loss": loss.detach(), "target_gap": gap, "w_mean": w.detach().mean(),
                   "step_size": torch.tensor(t_max / steps) if previous_time is None else (t - t_prev).mean()}

@@ -25,7 +25,7 @@ def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.flatten(1), dim=1)
 
 
-def _weighted_mse(F_out: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def weighted_mse(F_out: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """e^{w(t)} / D ||F - target||^2 - w(t), averaged over the batch (adaptive weighting, Alg. 1)."""
     D = F_out[0].numel()
     se = (F_out - target).flatten(1).pow(2).sum(1)
@@ -63,16 +63,16 @@ def diffusion_loss(net, weight, x0, class_labels, p_mean, p_std, sigma_data=trig
     target = trigflow.velocity_target(x0, z, t) / sigma_data
     F_out = net(x_t / sigma_data, t, class_labels)
     w = weight(t)
-    loss = _weighted_mse(F_out, target, w)
+    loss = weighted_mse(F_out, target, w)
     mse = (F_out - target).pow(2).mean()
     return loss, {"loss": loss.detach(), "mse": mse.detach(), "w_mean": w.detach().mean()}
 
 
-def _rng_state(device):
+def rng_state(device):
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
-def _set_rng_state(device, state):
+def set_rng_state(device, state):
     (torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state))
 
 
@@ -107,7 +107,7 @@ def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_
             dxt_dt = sd * guided(teacher, class_labels, s)(x_t / sd, t)  # sCD: sd F_pretrain, with CFG
 
     # The JVP pass and the gradient pass must see the same dropout masks: replay the RNG.
-    rng = _rng_state(x0.device)
+    rng = rng_state(x0.device)
     angle = t if segment_start is None else t - segment_start
     F_minus, sd_cs_dF_dt = network_tangent(lambda x, tt: net(x, tt, class_labels, **student_kwargs), x_t, t,
                                            dxt_dt, sd, tangent.jvp_method, angle)
@@ -122,9 +122,9 @@ def consistency_loss(net, weight, x0, class_labels, step: int, p_mean: float, p_
     elif tangent.normalization != "none":
         raise ValueError(f"unknown tangent normalization {tangent.normalization!r}; use norm, clip or none")
 
-    _set_rng_state(x0.device, rng)
+    set_rng_state(x0.device, rng)
     F_out = net(x_t / sd, t, class_labels, **student_kwargs)
     w = weight(t)
-    loss = _weighted_mse(F_out, F_minus + g, w)
+    loss = weighted_mse(F_out, F_minus + g, w)
     return loss, {"loss": loss.detach(), "tangent_norm": g_norm.mean(), "w_mean": w.detach().mean(),
                   "warmup_r": torch.tensor(r)}

@@ -1,6 +1,6 @@
 """`scm-bench report`: a run's metrics rows (from its manifest) beside the sCM paper's numbers, under
 results/<recipe>/: table.md, table.csv, table.tex, the sample grids (samples/) and the plots (Fig. 6-like FID
-against size, FID against NFE, FID against a swept number, FID over training, FID against compute)."""
+against size, FID against NFE, FID against a swept number, FID over training, FID against compute, FID / precision / recall against guidance)."""
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +9,7 @@ from .. import store
 from ..store.runs import RunIndex
 from .paper import load_baselines, paper_rows
 from .plots import write_plots
+from .guidance_plot import write_guidance_plot
 from .methods import write_comparison
 from .render import caption, copy_grids, latex_table, markdown_page
 from .rows import gather_sources
@@ -29,7 +30,8 @@ def report_from_rows(frame: pd.DataFrame, recipe_name: str, results_root: Path,
     table["grid"] = copy_grids(table, out)  # the copy, relative to results/<recipe>/
     compared, comparison = write_comparison(curves, out, recipe_name)
     plots = (write_plots(table, paper, out, recipe_name) + write_sweep_plot(table, out, recipe_name)
-             + write_training_curves(curves, out, recipe_name) + compared)
+             + write_training_curves(curves, out, recipe_name) + write_guidance_plot(table, out, recipe_name)
+             + compared)
     shown = display_table(table)
     unmatched = unmatched_paper_rows(paper, long)
     store.write_bytes_atomic(out / "table.csv", table.to_csv(index=False, float_format="%.4f").encode())

@@ -32,9 +32,10 @@ import torch
 from pydantic import Field, field_validator
 
 from ..nets.ops import Dual
-from ..objectives import _rng_state, _set_rng_state
+from ..objectives import rng_state, set_rng_state
 from ..trigflow import expand
-from .base import Method, MethodSettings, SamplingSettings, Setting
+from .base import Method, MethodSettings, Setting
+from .consistency import ConsistencySampling
 
 UFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z_tau, tau_r, tau_t), z_tau units
 
@@ -188,24 +189,9 @@ class MeanFlowSettings(MethodSettings):
         return v
 
 
-class MeanFlowSampling(SamplingSettings):
-    steps: list[int] = [1, 2]  # NFE = steps (Tab. 2: 1 and 2 NFE), from tau = 1 in equal steps of tau
-    guidance: list[float] = Field([1.0], min_length=1)  # CFG at sampling (2 NFE per step); 1: none, the paper's
-
-    @field_validator("steps")
-    @classmethod
-    def _positive(cls, v):
-        if not v or any(n < 1 for n in v):
-            raise ValueError("steps must list step counts >= 1, e.g. [1, 2]")
-        return v
-
-    @field_validator("guidance")
-    @classmethod
-    def _at_least_one(cls, v):
-        if any(s < 1.0 for s in v):
-            raise ValueError("guidance scales must be >= 1, e.g. [1.0]; MeanFlow's own CFG is trained in "
-                             "(guidance_scale, guidance_mix)")
-        return v
+class MeanFlowSampling(ConsistencySampling):
+    """steps: NFE = steps (Tab. 2: 1 and 2 NFE), from tau = 1 in equal steps of tau; guidance: CFG at sampling
+    (2 NFE per step; 1: none, the paper's, whose CFG is trained in: guidance_scale, guidance_mix)."""
 
 
 class MeanFlow(Method):
@@ -253,10 +239,10 @@ class MeanFlow(Method):
         T = expand(tau_t, x0)
         z = (1 - T) * x0 + T * eps  # z_t, Alg. 1
         v = self.target_velocity(net, z, tau_t, labels, eps - x0)  # v_t = eps - x (Eq. 11), or v~_t (Eq. 21)
-        rng = _rng_state(x0.device)  # the JVP pass and the gradient pass see the same dropout masks
+        rng = rng_state(x0.device)  # the JVP pass and the gradient pass see the same dropout masks
         _, du_dt = JVP_METHODS[s.jvp_method](net, labels, z, tau_r, tau_t, v, sd)
         u_tgt = meanflow_target(v, tau_r, tau_t, du_dt)
-        _set_rng_state(x0.device, rng)
+        set_rng_state(x0.device, rng)
         u = average_velocity(net, labels, z, tau_r, tau_t, sd)
         loss, se, w = adaptive_loss(u, u_tgt, s.adaptive_power, s.adaptive_constant)
         dudt_norm = torch.linalg.vector_norm(du_dt.flatten(1), dim=1).mean()

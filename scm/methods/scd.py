@@ -30,10 +30,9 @@ class DistillationSettings(ConsistencySettings):
         return checked_guidance(v, info.data.get("guidance_input"))
 
 
-class SCD(SCT):
-    name = "scd"
-    label = "sCD"
-    Settings = DistillationSettings
+class GuidedTeacher:
+    """A mixin for methods that read a teacher run with CFG at `guidance` (a scale, or a range drawn per sample for
+    a student told it through `guidance_input`): sCD, VSD and what builds on them."""
     reads_teacher = True
 
     def takes_guidance(self) -> bool:
@@ -45,6 +44,12 @@ class SCD(SCT):
 
     def distilled_guidance(self) -> float:
         return self.settings.guidance  # one scale: the range needs a guidance input
+
+
+class SCD(GuidedTeacher, SCT):
+    name = "scd"
+    label = "sCD"
+    Settings = DistillationSettings
 
     def draw(self, shape, generator, device):
         s = self.settings

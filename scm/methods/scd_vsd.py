@@ -7,21 +7,14 @@ those samples as in VSD (scm/methods/vsd.py). It samples as a consistency model,
 """
 from dataclasses import dataclass
 
-from pydantic import ValidationInfo, field_validator
-
 from ..objectives import Noise, consistency_loss
 from ..weighting import loss_weight
-from .scd import SCD, DistillationSettings, checked_guidance
+from .scd import SCD, DistillationSettings
 from .vsd import VSD_COST, VSD_NETWORKS, VSDDraws, VSDTermSettings, draw_vsd, vsd_terms
 
 
 class SCDVSDSettings(DistillationSettings, VSDTermSettings):
     """sCD's settings (proposal, tangent, guidance) and the VSD terms' (their proposals, lambda_VSD)."""
-
-    @field_validator("guidance")
-    @classmethod
-    def _at_least_one(cls, v, info: ValidationInfo):
-        return checked_guidance(v, info.data.get("guidance_input"))
 
 
 @dataclass

@@ -23,12 +23,12 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from .. import trigflow
-from ..objectives import Noise, _weighted_mse, diffusion_loss, draw_noise
+from ..objectives import Noise, weighted_mse, diffusion_loss, draw_noise
 from ..sampling import guided
 from ..weighting import loss_weight
 from .base import MethodSettings, SamplingError, Trained
 from .consistency import ConsistencyModel, ConsistencySampling
-from .scd import checked_guidance
+from .scd import GuidedTeacher, checked_guidance
 
 
 class VSDTermSettings(MethodSettings):
@@ -85,7 +85,7 @@ def vsd_terms(nets, labels, draws: VSDDraws, settings, takes_guidance: bool, sig
     with torch.no_grad():  # y = F_pretrain - F_phi: a fixed direction for theta, no gradient into phi
         y = guided(nets.teacher, labels, s)(x_t / sd, draws.vsd.t) - fake(x_t / sd, draws.vsd.t, labels, **told)
     w = nets.modules[vsd_weight](draws.vsd.t)
-    loss_vsd = _weighted_mse(x_gen, x_gen.detach() - y, w)  # ||g - sg(g) + y||^2: gradient y dg/dtheta
+    loss_vsd = weighted_mse(x_gen, x_gen.detach() - y, w)  # ||g - sg(g) + y||^2: gradient y dg/dtheta
 
     fake_told = functools.partial(fake, **told)
     loss_fake, fake_diagnostics = diffusion_loss(fake_told, nets.modules["fake_weight"], x_gen.detach(), labels,
@@ -104,23 +104,12 @@ VSD_NETWORKS = (Trained("net"), Trained("fake_score", start="teacher"))
 VSD_COST = 9.0  # generator forward + backward 3, teacher 1, fake score 1 (no grad), fake score's L_Diff 3, w 1
 
 
-class VSD(ConsistencyModel):
+class VSD(GuidedTeacher, ConsistencyModel):
     name = "vsd"
     label = "VSD"
     Settings = VSDSettings
     Sampling = OneStepSampling
-    reads_teacher = True
     networks = VSD_NETWORKS
-
-    def takes_guidance(self) -> bool:
-        return self.settings.guidance_input
-
-    def teacher_guidance(self) -> float:
-        g = self.settings.guidance
-        return g if isinstance(g, (int, float)) else g[1]
-
-    def distilled_guidance(self) -> float:
-        return self.settings.guidance
 
     def auxiliary_modules(self):
         adaptive = self.settings.adaptive_weighting
