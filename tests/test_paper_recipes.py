@@ -258,3 +258,17 @@ def test_unsourced_lines_scan():
 @pytest.mark.parametrize("name", PAPER)
 def test_every_number_has_a_source_comment(name):
     assert unsourced_lines((RECIPES / f"{name}.yaml").read_text()) == []
+
+
+def test_table7_and_fig7_share_table2s_m_teacher_and_their_networks():
+    """Table 7 / Fig. 7 train nothing Table 2 already trains: the EDM2-M teacher is table2_scd's size=M job, and
+    fig7_guidance's four trainings are table7_imagenet512's (only how they are sampled differs)."""
+    def train_ids(name, stage=None):
+        plan = plan_jobs(load_recipe(RECIPES / f"{name}.yaml"), Path("runs"))
+        return {job.stage: job.id for job in plan.train if stage is None or job.stage == stage}
+
+    table2 = plan_jobs(load_recipe(RECIPES / "table2_scd.yaml"), Path("runs")).train
+    m_teacher = next(job.id for job in table2 if job.stage == "teacher" and job.size == "M")
+    table7, fig7 = train_ids("table7_imagenet512"), train_ids("fig7_guidance")
+    assert table7["teacher"] == fig7["teacher"] == m_teacher
+    assert {stage: table7[stage] for stage in fig7} == fig7 and set(fig7) == {"teacher", "scd", "vsd", "scd_vsd"}
