@@ -18,7 +18,8 @@ SD, DIM, BATCH = 0.5, 6, 4096
 
 
 class AffineGenerator(nn.Module):
-    """g(z') = a z' + b written as a consistency model's F at t (f = cos t z' - sin t sd F): samples N(b, (a sd)^2 I)."""
+    """g(z') = a z' + b written as a consistency model's F at t (f = cos t z' - sin t sd F): samples
+    N(b, (a sd)^2 I)."""
 
     def __init__(self, a: float, b: torch.Tensor):
         super().__init__()

@@ -104,7 +104,8 @@ def compute_figure(seeds: pd.DataFrame, title: str):
 
 
 def write_comparison(frame: pd.DataFrame, out: Path, title: str) -> tuple[list[Path], str]:
-    """From every row (checkpoints evaluated during training too): out/fid_vs_compute.{png,pdf} and out/comparison.csv where the run trains two or more few-step methods (else
+    """From every row (checkpoints evaluated during training too): out/fid_vs_compute.{png,pdf} and
+    out/comparison.csv where the run trains two or more few-step methods (else
     they are removed); returns the plots and the Markdown section for table.md ("" without a comparison)."""
     out = Path(out)
     table = comparison_table(frame)

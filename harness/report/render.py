@@ -62,7 +62,8 @@ def _protocol(frame: pd.DataFrame, recipe_name: str, paper: pd.DataFrame) -> str
     if len(paper):
         table, dataset = PAPER_TABLES[recipe_name.removesuffix("-smoke")]
         text.append(f"paper FID: the published number ({table}, {dataset}; results/baselines/), at the paper's "
-                    "guidance scale where it states one (the teacher's at the paper's own solver budget, whatever our NFE); "
+                    "guidance scale where it states one (the teacher's at the paper's own solver budget, whatever "
+                    "our NFE); "
                     "ours - paper and ours / paper compare the two. The paper's "
                     "FID is Inception FID on 50k samples: a comparison means something only when our features are "
                     f"Inception too (here: {listed(ours.features)}).")

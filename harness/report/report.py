@@ -1,6 +1,7 @@
 """`scm-bench report`: a run's metrics rows (from its manifest) beside the sCM paper's numbers, under
 results/<recipe>/: table.md, table.csv, table.tex, the sample grids (samples/) and the plots (Fig. 6-like FID
-against size, FID against NFE, FID against a swept number, FID over training, FID against compute, FID / precision / recall against guidance)."""
+against size, FID against NFE, FID against a swept number, FID over training, FID against compute, FID /
+precision / recall against guidance)."""
 from pathlib import Path
 
 import pandas as pd

@@ -1,8 +1,8 @@
 """Training methods behind one interface (`Method`), found by name.
 
-`method_class(name)` resolves, in order: a built-in (diffusion, sct, scd, discrete-ct, vsd, scd-vsd, multistep-scd, ...), a method installed by
-another package under the entry-point group `scm_bench.methods` (name = the entry point's name), or a
-`module:Class` path (a class importable from the Python path).
+`method_class(name)` resolves, in order: a built-in (diffusion, sct, scd, discrete-ct, vsd, scd-vsd, multistep-scd,
+meanflow), a method installed by another package under the entry-point group `scm_bench.methods` (name = the entry
+point's name), or a `module:Class` path (a class importable from the Python path).
 """
 import importlib
 from importlib.metadata import entry_points
@@ -85,5 +85,6 @@ def method_class(name: str) -> type[Method]:
 
 
 __all__ = ["Method", "MethodSettings", "SamplingError", "SamplingSettings", "Setting", "Trained", "Networks",
-           "ConsistencyModel", "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "VSD", "SCDVSD", "MultistepSCD", "BUILT_IN",
+           "ConsistencyModel", "ConsistencySampling", "Diffusion", "SCT", "SCD", "DiscreteCT", "VSD", "SCDVSD",
+           "MultistepSCD", "BUILT_IN",
            "ENTRY_POINT_GROUP", "UnknownMethod", "method_class", "available", "installed"]

@@ -5,7 +5,8 @@ For t in (s_k, s_{k+1}] the student is f(x_t, t) = cos(t - s_k) x_t - sin(t - s_
 segment the DDIM step to s_k with a learned F, so f(x, s_k) = x at the segment's start, exactly as f(x, 0) = x in
 sCM. The consistency condition df/dt = 0 along the teacher's ODE inside each segment gives Algorithm 1 with every
 cos t, sin t replaced by cos(t - s_k), sin(t - s_k) (`scm.objectives.consistency_loss(segment_start=...)`). Sampling
-takes M steps (its `steps`, if given, must be [M]): from t_max, each step jumps to the start of the current segment, deterministically (NFE = M).
+takes M steps (its `steps`, if given, must be [M]): from t_max, each step jumps to the start of the current
+segment, deterministically (NFE = M).
 
 What sCM does not state, and what we chose: where the boundaries lie (`spacing`: "cosine" = equal steps of u in
 [0, 1] under the variance-preserving cosine schedule, t = arctan(tan(pi u / 2) / sd), the usual time of Heek et

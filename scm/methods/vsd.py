@@ -91,7 +91,8 @@ def vsd_terms(nets, labels, draws: VSDDraws, settings, takes_guidance: bool, sig
     loss_fake, fake_diagnostics = diffusion_loss(fake_told, nets.modules["fake_weight"], x_gen.detach(), labels,
                                                  settings.fake_p_mean, settings.fake_p_std, sd, noise=draws.fake)
     diagnostics = {"vsd_loss": loss_vsd.detach(), "score_gap": y.flatten(1).norm(dim=1).mean(),
-                   "fake_loss": loss_fake.detach(), "fake_mse": fake_diagnostics["mse"], "vsd_w_mean": w.detach().mean()}
+                   "fake_loss": loss_fake.detach(), "fake_mse": fake_diagnostics["mse"],
+                   "vsd_w_mean": w.detach().mean()}
     return loss_vsd, loss_fake, diagnostics
 
 
