@@ -83,6 +83,17 @@ def new_figure(width: float):
     return Figure(figsize=(width, PANEL_HEIGHT))  # the height is set with the legend (finish_figure)
 
 
+def write_figure(fig, out: Path, name: str) -> list[Path]:
+    """out/NAME.png and .pdf of a figure, or, for None (nothing to plot), earlier ones removed; the paths written."""
+    paths = [Path(out) / f"{name}.png", Path(out) / f"{name}.pdf"]
+    for path in paths:
+        if fig is None:
+            path.unlink(missing_ok=True)
+        else:
+            save_figure(fig, path)
+    return paths if fig is not None else []
+
+
 def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     # no creation date in the PDF, so an unchanged report writes the same bytes

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import finish_figure, line_style, log_axis, new_figure, save_figure, styles
+from .figures import finish_figure, line_style, log_axis, new_figure, styles, write_figure
 
 PANELS = (("fid", "FID"), ("precision", "precision"), ("recall", "recall"))
 MIN_SCALES = 3
@@ -57,11 +57,4 @@ def guidance_figure(table: pd.DataFrame, title: str):
 
 def write_guidance_plot(table: pd.DataFrame, out: Path, title: str) -> list[Path]:
     """out/metrics_vs_guidance.{png,pdf} where a setting is sampled over a guidance sweep; removed where not."""
-    paths = [Path(out) / "metrics_vs_guidance.png", Path(out) / "metrics_vs_guidance.pdf"]
-    fig = guidance_figure(table, title)
-    for path in paths:
-        if fig is None:
-            path.unlink(missing_ok=True)
-        else:
-            save_figure(fig, path)
-    return paths if fig is not None else []
+    return write_figure(guidance_figure(table, title), out, "metrics_vs_guidance")

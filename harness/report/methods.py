@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import store
-from .figures import NFE_LINES, finish_figure, line_style, log_axis, new_figure, save_figure, styles
+from .figures import NFE_LINES, finish_figure, line_style, log_axis, new_figure, styles, write_figure
 from .render import markdown_table
 from .rows import setting_label
 
@@ -109,20 +109,13 @@ def write_comparison(frame: pd.DataFrame, out: Path, title: str) -> tuple[list[P
     they are removed); returns the plots and the Markdown section for table.md ("" without a comparison)."""
     out = Path(out)
     table = comparison_table(frame)
-    paths = [out / "fid_vs_compute.png", out / "fid_vs_compute.pdf"]
     if table is None:
-        for path in (*paths, out / "comparison.csv"):
-            path.unlink(missing_ok=True)
-        return [], ""
-    fig = compute_figure(_per_seed(frame, during_training=True), title)
-    for path in paths:
-        if fig is None:
-            path.unlink(missing_ok=True)
-        else:
-            save_figure(fig, path)
+        (out / "comparison.csv").unlink(missing_ok=True)
+        return write_figure(None, out, "fid_vs_compute"), ""
+    paths = write_figure(compute_figure(_per_seed(frame, during_training=True), title), out, "fid_vs_compute")
     store.write_bytes_atomic(out / "comparison.csv", table.to_csv(index=False, float_format="%.4f").encode())
     section = ["", "## Methods at equal compute, ordered by 1-step FID", "", markdown_table(shown_comparison(table)),
                "", "Mean ± sample std over seeds. s / step: measured seconds per training step (wall clock of the "
                "training job over its steps, on the machine that ran it); compute: steps x batch x the method's "
                "cost per step in forward passes (`scm-bench plan`'s count).", ""]
-    return (paths if fig is not None else []), "\n".join(section)
+    return paths, "\n".join(section)

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.ticker import NullLocator
 
 from .figures import (METHOD_LINES, NFE_LINES, curve_label, draw_curve, finish_figure, line_style, log_axis,
-                      new_figure, save_figure, styles)
+                      new_figure, styles, write_figure)
 from .paper import ODE_FAMILY, PAPER_METHODS
 from .tables import SIZES
 
@@ -137,11 +137,5 @@ def write_plots(table: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str)
     theirs = paper_points(paper, points)
     written = []
     for name, make in (("fid_vs_size", scaling_figure), ("fid_vs_nfe", nfe_figure)):
-        fig = make(points, theirs, title) if len(points) else None
-        for path in (Path(out) / f"{name}.png", Path(out) / f"{name}.pdf"):
-            if fig is None:
-                path.unlink(missing_ok=True)
-            else:
-                save_figure(fig, path)
-                written.append(path)
+        written += write_figure(make(points, theirs, title) if len(points) else None, out, name)
     return written

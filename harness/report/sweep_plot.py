@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import NullLocator
 
-from .figures import NFE_LINES, finish_figure, log_axis, new_figure, save_figure, styles
+from .figures import NFE_LINES, finish_figure, log_axis, new_figure, styles, write_figure
 
 
 def swept_values(table: pd.DataFrame) -> tuple[str, pd.Series, pd.Series] | None:
@@ -56,12 +56,5 @@ def sweep_figure(table: pd.DataFrame, title: str):
 
 def write_sweep_plot(table: pd.DataFrame, out: Path, title: str) -> list[Path]:
     """out/fid_vs_sweep.{png,pdf} where the recipe sweeps one numeric axis; removes them where it does not."""
-    paths = [Path(out) / "fid_vs_sweep.png", Path(out) / "fid_vs_sweep.pdf"]
-    fig = sweep_figure(table, title) if len(table) else None
-    for path in paths:
-        if fig is None:
-            path.unlink(missing_ok=True)
-        else:
-            save_figure(fig, path)
-    return paths if fig is not None else []
+    return write_figure(sweep_figure(table, title) if len(table) else None, out, "fid_vs_sweep")
 
