@@ -1,4 +1,4 @@
-"""Methods compared at equal compute, for a run that trains two or more few-step methods (methods_digits): a table
+"""Methods compared (at equal compute in methods_digits), for a run that trains two or more few-step methods: a table
 of each method ordered by its 1-step FID (mean ± std over seeds, with precision, recall, class accuracy, measured
 seconds per training step and the training compute in forward-equivalents), and FID against training compute
 (forward-equivalents, and measured seconds) per method, 1 and 2 steps."""
@@ -114,7 +114,10 @@ def write_comparison(frame: pd.DataFrame, out: Path, title: str) -> tuple[list[P
         return write_figure(None, out, "fid_vs_compute"), ""
     paths = write_figure(compute_figure(_per_seed(frame, during_training=True), title), out, "fid_vs_compute")
     store.write_bytes_atomic(out / "comparison.csv", table.to_csv(index=False, float_format="%.4f").encode())
-    section = ["", "## Methods at equal compute, ordered by 1-step FID", "", markdown_table(shown_comparison(table)),
+    compute = table.train_compute.dropna()
+    same = len(compute) == len(table) and compute.max() <= 1.01 * compute.min()  # steps are whole: within 1%
+    title = "Methods at equal compute" if same else "Few-step methods (their compute differs: see its column)"
+    section = ["", f"## {title}, ordered by 1-step FID", "", markdown_table(shown_comparison(table)),
                "", "Mean ± sample std over seeds. s / step: measured seconds per training step (wall clock of the "
                "training job over its steps, on the machine that ran it); compute: steps x batch x the method's "
                "cost per step in forward passes (`scm-bench plan`'s count).", ""]
