@@ -25,7 +25,8 @@ def test_shipped_recipes_validate():
     (lambda r: r.update(name="../escape"), "name"),
     (lambda r: r["stages"]["sct"]["sampling"].update(steps=[0]), "stages.sct.sampling.steps"),
     (lambda r: r["network"].update(channels=50), "attention heads"),
-    (lambda r: r["network"].update(size="S"), "network.size and network.modulation apply to unet-edm2"),
+    (lambda r: r["network"].update(size="S"), "network.size applies to unet-edm2"),
+    (lambda r: r["network"].update(modulation="edm"), "network.modulation edm is not one of toy-unet's (double-norm)"),
     (lambda r: r["network"].update(c_noise="sigma"), "network.c_noise"),
     (lambda r: r["stages"]["sct"]["tangent"].update(jvp_method="forward-ad"), "stages.sct.tangent.jvp_method"),
     (lambda r: (r["stages"]["teacher"].update(label_dropout=0.0), r["stages"]["teacher"]["sampling"].update(

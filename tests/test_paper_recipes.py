@@ -272,3 +272,15 @@ def test_table7_and_fig7_share_table2s_m_teacher_and_their_networks():
     table7, fig7 = train_ids("table7_imagenet512"), train_ids("fig7_guidance")
     assert table7["teacher"] == fig7["teacher"] == m_teacher
     assert {stage: table7[stage] for stage in fig7} == fig7 and set(fig7) == {"teacher", "scd", "vsd", "scd_vsd"}
+
+
+def test_table3_is_ects_network_and_settings_for_both():
+    """sCM App. E.3: DDPM++ without AdaGN (EDM's block: 55.7 M parameters, ECT's network), batch 128, dropout 0.20,
+    sCT at (-1.0, 1.8); ECT's step from its code; FID at 100k, 200k and 400k for both."""
+    recipe = load_recipe(RECIPES / "table3_ect_cifar10.yaml")
+    assert recipe.network.name == "ddpmpp" and recipe.network.modulation == "edm"
+    sct, ect = recipe.stages["sct"], recipe.stages["ect"]
+    assert (sct.batch_size, sct.dropout, ect.batch_size, ect.dropout) == (128, 0.2, 128, 0.2)
+    assert (sct.settings.p_mean, sct.settings.p_std) == (-1.0, 1.8)
+    assert ect.method == "discrete-ct" and ect.settings.ect.q == 2 and ect.settings.discrete_steps is None
+    assert sct.during_training == ect.during_training == [100000, 200000] and sct.steps == ect.steps == 400000

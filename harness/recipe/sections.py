@@ -49,14 +49,20 @@ class NetworkConfig(Strict):
     time_embedding: Literal["positional", "fourier"] = "positional"  # sCM Sec. 4.1: positional; Fig. 4 compares
     fourier_scale: float = Field(16.0, gt=0)
     c_noise: Literal["t", "log-sigma"] = "t"  # TrigFlow: c_noise(t) = t
-    modulation: Literal["double-norm", "edm2"] = "double-norm"  # unet-edm2 only
+    # double-norm: sCM's; edm2: EDM2's scale-only (unet-edm2); edm: EDM's additive DDPM++ block, no AdaGN (ddpmpp)
+    modulation: Literal["double-norm", "edm2", "edm"] = "double-norm"
     dropout_max_resolution: int | None = Field(None, gt=0)  # dropout only at res <= this (sCM App. G: 16)
 
     @model_validator(mode="after")
     def _only_where_meaningful(self):
-        if self.name != "unet-edm2" and (self.size or self.modulation != "double-norm"):
-            raise ValueError(f"network.size and network.modulation apply to unet-edm2, not {self.name}; remove them "
-                             "or set network.name: unet-edm2")
+        if self.name != "unet-edm2" and self.size:
+            raise ValueError(f"network.size applies to unet-edm2, not {self.name}; remove it or set network.name: "
+                             "unet-edm2")
+        allowed = {"unet-edm2": ("double-norm", "edm2"), "ddpmpp": ("double-norm", "edm")}.get(self.name,
+                                                                                          ("double-norm",))
+        if self.modulation not in allowed:
+            raise ValueError(f"network.modulation {self.modulation} is not one of {self.name}'s ("
+                             f"{', '.join(allowed)}); remove it or choose one of those")
         return self
 
     @model_validator(mode="after")

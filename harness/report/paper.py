@@ -11,6 +11,7 @@ PAPER_TABLES = {
     "table7_imagenet512": ("table7", "imagenet512"),  # Table 7 and Table 6's M column (multistep sCD)
     "fig7_guidance": ("table7", "imagenet512"),  # Fig. 7's values are not in the text; Table 7 at its scales
     "meanflow_cifar10": ("meanflow", "cifar10"),
+    "table3_ect_cifar10": ("table3", "cifar10"),  # ECT / sCT at 100k..400k: shown beside ours for context
     "table1_cifar10": ("table1", "cifar10"),
     "table1_imagenet64": ("table1", "imagenet64"),
     "table2_sct": ("table2", "imagenet512"),
