@@ -43,7 +43,7 @@ def build(network, data_shape, num_classes: int, stage=None, takes_guidance: boo
         else:  # unet-edm2, ddpmpp: `channels` is the image's channel count there, the width is model_channels
             settings.update(channels=data_shape[0], model_channels=network.channels,
                             num_blocks=network.blocks_per_level, dropout_max_resolution=network.dropout_max_resolution)
-        settings.update(modulation=network.modulation)
+            settings.update(modulation=network.modulation)
         if network.name == "unet-edm2":
             settings.update(size=network.size or "S")
     # unset recipe fields (None) leave the network's own default
