@@ -3,7 +3,7 @@ with z ~ N(0, sd^2 I), and the adaptive weight w(t) they learn beside the networ
 from pydantic import Field
 
 from ..objectives import draw_noise
-from ..weighting import loss_weight
+from ..weighting import WeightFeatures, loss_weight
 from .base import MethodSettings
 
 
@@ -11,13 +11,18 @@ class ProposalSettings(MethodSettings):
     p_mean: float = -1.0  # the training proposal: ln(sd tan t) ~ N(P_mean, P_std^2)
     p_std: float = Field(1.4, gt=0)
     adaptive_weighting: bool = True  # learn w(t) (EDM2, Alg. 1); false: w = 0, every t weighted equally (Fig. 5)
+    weight_features: WeightFeatures = "positional"  # what w(t) is a linear function of (scm/weighting.py)
 
 
 class LogNormalProposal:
     """A mixin for methods whose settings are ProposalSettings: their draws and their w(t)."""
 
     def auxiliary_modules(self):
-        return {"weight": loss_weight(self.settings.adaptive_weighting)}
+        return {"weight": self.weight()}
+
+    def weight(self):
+        """A fresh w(t) as the settings ask for it."""
+        return loss_weight(self.settings.adaptive_weighting, self.settings.weight_features, self.sigma_data)
 
     def draw(self, shape, generator, device):
         return draw_noise(shape, self.settings.p_mean, self.settings.p_std, self.sigma_data, generator, None, device)

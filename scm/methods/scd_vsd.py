@@ -8,7 +8,6 @@ those samples as in VSD (scm/methods/vsd.py). It samples as a consistency model,
 from dataclasses import dataclass
 
 from ..objectives import Noise, consistency_loss
-from ..weighting import loss_weight
 from .scd import SCD, DistillationSettings
 from .vsd import VSD_COST, VSD_NETWORKS, VSDDraws, VSDTermSettings, draw_vsd, vsd_terms
 
@@ -33,9 +32,7 @@ class SCDVSD(SCD):
     networks = VSD_NETWORKS
 
     def auxiliary_modules(self):
-        adaptive = self.settings.adaptive_weighting
-        return {"weight": loss_weight(adaptive), "vsd_weight": loss_weight(adaptive),
-                "fake_weight": loss_weight(adaptive)}
+        return {"weight": self.weight(), "vsd_weight": self.weight(), "fake_weight": self.weight()}
 
     def draw(self, shape, generator, device):
         consistency = super().draw(shape, generator, device)

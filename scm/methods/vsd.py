@@ -25,7 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from .. import trigflow
 from ..objectives import Noise, weighted_mse, diffusion_loss, draw_noise
 from ..sampling import guided
-from ..weighting import loss_weight
+from ..weighting import WeightFeatures, loss_weight
 from .base import MethodSettings, SamplingError, Trained
 from .consistency import ConsistencyModel, ConsistencySampling
 from .scd import GuidedTeacher, checked_guidance
@@ -42,6 +42,7 @@ class VSDTermSettings(MethodSettings):
 
 class VSDSettings(VSDTermSettings):
     adaptive_weighting: bool = True  # learn w_psi(t) and the fake score's w(t); false: w = 0
+    weight_features: WeightFeatures = "positional"  # what each w(t) is a linear function of (scm/weighting.py)
     guidance_input: bool = False  # the generator (and fake score) take the teacher's scale s as an input
     guidance: float | tuple[float, float] = 1.0  # the teacher's CFG scale, or a range drawn per sample
 
@@ -113,8 +114,11 @@ class VSD(GuidedTeacher, ConsistencyModel):
     networks = VSD_NETWORKS
 
     def auxiliary_modules(self):
-        adaptive = self.settings.adaptive_weighting
-        return {"weight": loss_weight(adaptive), "fake_weight": loss_weight(adaptive)}
+        return {"weight": self.weight(), "fake_weight": self.weight()}
+
+    def weight(self):
+        """A fresh w(t) as the settings ask for it."""
+        return loss_weight(self.settings.adaptive_weighting, self.settings.weight_features, self.sigma_data)
 
     def draw(self, shape, generator, device):
         return draw_vsd(self.settings, shape, self.sigma_data, generator, device)

@@ -57,9 +57,9 @@ class PositionalEmbedding(nn.Module):
 class FourierEmbedding(nn.Module):
     """Random Fourier features [cos(2 pi c f_i), sin(2 pi c f_i)], f_i ~ N(0, scale^2) (EDM's NCSN++ uses 16)."""
 
-    def __init__(self, channels: int, scale: float = 16.0):
+    def __init__(self, channels: int, scale: float = 16.0, generator: torch.Generator | None = None):
         super().__init__()
-        self.register_buffer("freqs", torch.randn(channels // 2) * scale)
+        self.register_buffer("freqs", torch.randn(channels // 2, generator=generator) * scale)
 
     def forward(self, c: ops.Value) -> ops.Value:
         return _cos_sin(ops.linear_map(c, lambda a: a[:, None] * (2 * math.pi * self.freqs.to(a.dtype))))
