@@ -28,9 +28,16 @@ def velocity_target(x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch
 
 
 def sample_time(batch: int, p_mean: float, p_std: float, sigma_data: float = SIGMA_DATA,
-                generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
-    """Training-time proposal: tau ~ N(P_mean, P_std^2), t = arctan(exp(tau) / sd) (Alg. 1)."""
-    tau = torch.randn(batch, generator=generator, device=device, dtype=dtype) * p_std + p_mean
+                generator: torch.Generator | None = None, device=None, dtype=None,
+                sigma_max: float | None = None) -> torch.Tensor:
+    """Training-time proposal: tau ~ N(P_mean, P_std^2), t = arctan(exp(tau) / sd) (Alg. 1). With `sigma_max`, tau
+    is drawn from that normal truncated at ln(sigma_max), so t <= arctan(sigma_max / sd), by inverting its CDF."""
+    if sigma_max is None:
+        tau = torch.randn(batch, generator=generator, device=device, dtype=dtype) * p_std + p_mean
+    else:
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        upper = torch.special.ndtr(torch.tensor((math.log(sigma_max) - p_mean) / p_std, dtype=torch.float64))
+        tau = (torch.special.ndtri(u * upper) * p_std + p_mean).clamp_max(math.log(sigma_max)).to(dtype)
     return torch.atan(torch.exp(tau) / sigma_data)
 
 

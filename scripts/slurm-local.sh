@@ -28,6 +28,7 @@ install_packages() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         slurmctld slurmd slurmdbd slurm-client munge mariadb-server >/dev/null
+    apt-get clean  # the downloaded .debs are not needed again; the venv that comes next needs the disk
 }
 
 write_configs() {

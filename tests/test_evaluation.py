@@ -155,13 +155,14 @@ def test_missing_reference_statistics_are_named(tmp_path):
 
 
 def test_run_stops_before_submitting_when_the_paper_fid_cannot_be_computed(tmp_path):
-    """A paper recipe on data that exists but without Inception weights (or the reference statistics): one line
-    naming the file, exit 2, nothing written."""
+    """A paper recipe on data that exists but without Inception weights and the reference statistics: both listed
+    at once, a line each naming the file, exit 2, nothing written."""
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(ROOT / "recipes" / "table1_cifar10.yaml"),
                            "--executor", "local", "--set", "data.name=synthetic", "--set", "data.shape=[3,32,32]",
                            "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert ("inception-2015-12-05.pt" in done.stderr or "cifar10_legacy_tensorflow_train_32.npz" in done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[0].endswith("2 problems, all listed:") and len(lines) == 3, done.stderr
+    assert "inception-2015-12-05.pt" in lines[1] and "cifar10_legacy_tensorflow_train_32.npz" in lines[2]
     assert not (tmp_path / "runs").exists()
 
 

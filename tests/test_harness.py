@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.compute.machine import machine
 from harness.recipe.load import load_recipe
 from harness.recipe.text import RecipeError
 from helpers import ROOT, evaluation_of, stage_job, tiny_recipe  # noqa: F401 - ROOT, tiny_recipe: used by others
@@ -194,6 +195,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
               for metric in ("fid", "kid", "class_accuracy")}
     assert all(len(v) == 5 for v in values.values())  # one per setting, each metric
     assert all(v > 0 for v in values["fid"]) and all(0 <= v <= 1 for v in values["class_accuracy"])
+    here = machine()  # where it trained and evaluated: rows from another CPU are told apart
+    assert all(r["machine"] == r["train_machine"] == here["machine"] != "" and r["threads"] >= 1 and
+               r["train_threads"] >= 1 and r["torch"] == r["train_torch"] == here["torch"] for r in rows)
     store_root = tmp_path / "runs" / "store"
     mtimes = {p: p.stat().st_mtime for p in store_root.glob("*/evaluations/*/metrics.json")}
     assert len(mtimes) == 3 and len(list(store_root.glob("*/checkpoints"))) == 3

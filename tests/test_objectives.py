@@ -17,7 +17,7 @@ from scm import trigflow
 from scm.gaussian import GaussianData
 from scm.jvp import network_tangent
 from scm.kernels import attention
-from scm.objectives import TangentSettings, consistency_loss, diffusion_loss
+from scm.objectives import TangentSettings, consistency_loss, diffusion_loss, normalize_tangent
 
 CLOSED_FORM_JVP = "torch-func"  # the Gaussian closed forms are plain functions, not networks written in scm.nets.ops
 from scm.trigflow import expand
@@ -470,3 +470,20 @@ def test_scd_guidance_range_draws_one_scale_per_sample_and_tells_the_student():
         torch.testing.assert_close(got, s)
     x = torch.randn(6, 3, dtype=F64)
     torch.testing.assert_close(guided(teacher, labels, s)(x, t), 0.5 * x + s.view(-1, 1) * 0.3 * x)
+
+
+def test_rms_tangent_normalization_is_the_norm_form_with_c_scaled_by_sqrt_d():
+    """g / (||g|| / sqrt(D) + c) = sqrt(D) g / (||g|| + sqrt(D) c): the RMS form weighs c sqrt(D) times more, and a
+    large tangent comes out with unit RMS per sample instead of unit norm."""
+    scale = torch.tensor([1e-3, 0.1, 1.0, 1e4], dtype=torch.float64).view(4, 1, 1, 1)
+    g = torch.randn(4, 3, 8, 8, dtype=torch.float64) * scale
+    norm = torch.linalg.vector_norm(g.flatten(1), dim=1)
+    D = g[0].numel()
+    rms = normalize_tangent(g, norm, TangentSettings(normalization="rms", norm_constant=0.1))
+    scaled = normalize_tangent(g, norm, TangentSettings(normalization="norm", norm_constant=0.1 * D ** 0.5))
+    torch.testing.assert_close(rms, D ** 0.5 * scaled, rtol=1e-14, atol=0)
+    assert abs(float(rms[3].pow(2).mean().sqrt()) - 1.0) < 1e-4
+    plain = normalize_tangent(g, norm, TangentSettings(normalization="norm", norm_constant=0.1))
+    assert abs(float(torch.linalg.vector_norm(plain[3])) - 1.0) < 1e-4
+    with pytest.raises(ValueError, match="norm, rms, clip or none"):
+        normalize_tangent(g, norm, TangentSettings(normalization="l1"))

@@ -22,7 +22,7 @@ PAPER = ["table1_cifar10", "table1_imagenet64", "table2_sct", "table2_scd", "fig
 SIZES_512 = ["S", "M", "L", "XL", "XXL"]
 SIZES_64 = ["S", "M", "L", "XL"]
 
-# sCM App. G (sCM-facts.md): teacher lr_ref and iterations per size
+# sCM Tables 4-5 (App. G.2): teacher lr_ref and iterations per size
 TEACHER_LR = {"S": 1e-2, "M": 9e-3, "L": 8e-3, "XL": 7e-3, "XXL": 6.5e-3}
 TEACHER_STEPS_64 = {"S": 1048576, "M": 1486000, "L": 761000, "XL": 540000}
 TEACHER_STEPS_512 = {"S": 1048576, "M": 1048576, "L": 696000, "XL": 598000, "XXL": 376000}
@@ -118,12 +118,18 @@ def test_table1_cifar10():
     assert t.sampling.steps == 18 and t.sampling.guidance == 1.0
 
 
+def dropout_resolutions(v) -> dict:
+    """Teachers drop out in every block (EDM2 config G), consistency models only at res <= 16 (sCM App. G.2)."""
+    return {name: stage.dropout_max_resolution for name, stage in v.stages.items()}
+
+
 # ---- ImageNet 64 ----------------------------------------------------------------------------------------------------
 
 def check_imagenet64(v):
     size = v.network.size
     t = v.stages["teacher"]
-    assert v.data.name == "imagenet64" and v.network.name == "unet-edm2" and v.network.dropout_max_resolution == 16
+    assert v.data.name == "imagenet64" and v.network.name == "unet-edm2"
+    assert dropout_resolutions(v) == {"teacher": None, **{s: 16 for s in v.stages if s != "teacher"}}
     assert t.steps == TEACHER_STEPS_64[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_64[size]
     assert (t.optimizer.lr, t.optimizer.ref_steps, t.optimizer.schedule) == (TEACHER_LR[size], 35000, "inverse-sqrt")
     assert proposal(t) == (-0.8, 1.6)
@@ -163,7 +169,7 @@ def check_imagenet512(v):
     size = v.network.size
     t = v.stages["teacher"]
     assert v.data.name == "imagenet512-latents" and v.network.name == "unet-edm2"
-    assert v.network.dropout_max_resolution == 16
+    assert dropout_resolutions(v) == {"teacher": None, **{s: 16 for s in v.stages if s != "teacher"}}
     assert t.steps == TEACHER_STEPS_512[size] and t.ema.sigma_rel == TEACHER_SIGMA_REL_512[size]
     assert (t.optimizer.lr, t.optimizer.ref_steps) == (TEACHER_LR[size], 70000)
     assert proposal(t) == (-0.4, 1.0) and t.label_dropout == 0.1
@@ -176,7 +182,7 @@ def check_imagenet512(v):
     if "scd" in v.stages:
         scd = v.stages["scd"]
         assert scd.settings.guidance_input and tuple(scd.settings.guidance) == (1.0, 2.0)
-        assert set(scd.sampling.guidance) == SCD_GUIDANCE_512[size]
+        assert set(scd.sampling.metric_guidance["fid"]) == SCD_GUIDANCE_512[size]
 
 
 def test_table2_sct():
@@ -195,14 +201,25 @@ def test_table2_scd():
         check_imagenet512(v)
 
 
-def test_table2_scd_guidance_matches_baselines():
-    best = {}
+def paper_scales(method: str, metric: str) -> dict[str, set[float]]:
+    """{size: the guidance scales of the paper's Table 2 / 6 rows of `method` for `metric`}."""
+    scales = {}
     for row in baselines():
-        if row["table"] == "table2" and row["method"] == "sCD" and row["metric"] == "fid" and row["guidance"]:
-            best.setdefault(row["size"], set()).add(float(row["guidance"]))
-    assert best == SCD_GUIDANCE_512
-    for v in variants("table2_scd"):
-        assert set(v.stages["scd"].sampling.guidance) == best[v.network.size]
+        if row["table"] == "table2" and row["method"] == method and row["metric"] == metric and row["guidance"]:
+            scales.setdefault(row["size"], set()).add(float(row["guidance"]))
+    return scales
+
+
+@pytest.mark.parametrize("recipe", ["table2_scd", "fig6_scaling_512"])
+def test_imagenet512_guidance_per_metric_matches_the_paper(recipe):
+    """sCM Table 6 reports FID and FD_DINOv2 at their own scales: each is sampled and reported at the paper's."""
+    assert paper_scales("sCD", "fid") == SCD_GUIDANCE_512
+    for v in variants(recipe):
+        size = v.network.size
+        for metric in ("fid", "fd_dinov2"):
+            assert set(v.stages["scd"].sampling.metric_guidance[metric]) == paper_scales("sCD", metric)[size]
+            teacher = set(v.stages["teacher"].sampling.metric_guidance[metric])
+            assert teacher == paper_scales("TrigFlow teacher", metric)[size], (size, metric)
 
 
 def test_fig6_scaling_512():

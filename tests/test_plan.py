@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from harness.compute import training_network
 from harness.recipe.load import load_recipe
-from harness.recipe.planner import plan_jobs
+from harness.recipe.planner import evaluation_resources, plan_jobs
 from harness.recipe.sections import ResourcesConfig
 from harness.tools import cost as plan_cost
 from harness.tools import plan
@@ -50,7 +50,7 @@ def test_mlp_flops_are_twice_the_multiply_adds_of_its_linear_layers():
 def test_edm2_s_on_latents_matches_the_paper_and_counts_attention():
     recipe = digits(*EDM2_DEFAULTS, "network.size=S", "data.name=imagenet512-latents")
     cost = plan_cost.network_cost(job(recipe))
-    # EDM2 (Karras et al. 2024, Table 2) / sCM-facts.md: EDM2-S costs 102 GMACs at 512 (4x64x64 latents); 1 MAC = 2 FLOPs
+    # EDM2 (Karras et al. 2024, Table 2): EDM2-S costs 102 GMACs at 512 (4x64x64 latents); 1 MAC = 2 FLOPs
     assert cost["forward_flops"] == pytest.approx(2 * 102e9, rel=0.15)
     assert cost["device"] == "meta"
     # attention is counted: 4 L^2 C per block (q k^T and p v), 7 blocks at 16x16 (C = 576) and 8 at 8x8 (C = 768)
@@ -182,7 +182,7 @@ def test_plan_command_prints_and_writes_nothing(tmp_path, monkeypatch, cli):
     result = cli(DIGITS, "--executor", "slurm", "--set", "resources.gpus_per_node=1", "--tflops", "100",
                  "--set", "resources.gpu_memory_gb=0.001")
     assert result.exit_code == 0, result.output
-    assert "digits: 6 jobs" in result.stdout and "100 TFLOP/s" in result.stdout
+    assert "digits: 3 training jobs, 3 evaluations" in result.stdout and "100 TFLOP/s" in result.stdout
     assert "warning: teacher: " in result.stdout and "even micro_batch 1 does not fit" in result.stdout
     assert "GPU-hours: train diffusion" in result.stdout and "#SBATCH --gpus-per-node=1" in result.stdout
     assert list(tmp_path.iterdir()) == []  # no runs/, no logs
@@ -208,3 +208,28 @@ def test_plan_help_does_not_import_torch():
             "assert CliRunner().invoke(app, ['plan', '--help']).exit_code == 0; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_plan_reads_in_100_columns_with_ids_keys_and_arrays_in_full(tmp_path, monkeypatch, cli):
+    """The terminal layout: what each sweep entry sets (full dotted keys and values), every job id in full,
+    generation arrays counted and previewed, and no line wider than 100 columns; --details keeps the wide table."""
+    monkeypatch.chdir(tmp_path)
+    result = cli(ROOT / "recipes" / "table2_scd.yaml", "--executor", "slurm")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert max(map(len, out.splitlines())) <= 100
+    assert "fd_dinov2: [1.9, 2.0]}" in out
+    assert "stages.teacher.ema.sigma_rel=0.025" in out
+    plan = plan_jobs(load_recipe(ROOT / "recipes" / "table2_scd.yaml"), tmp_path / "runs")
+    assert all(job.id in out for job in plan.train) and all(job.id in out for job in plan.evaluate)
+    assert "10 training jobs, 10 evaluations, 10 generation arrays" in out
+    assert "# generate diffusion, scd (10 array(s) of 8 tasks" in out
+    wide = cli(ROOT / "recipes" / "table2_scd.yaml", "--details", "--no-sbatch")
+    assert wide.exit_code == 0 and "GFLOPs/fwd" in wide.stdout
+
+
+def test_an_evaluation_asks_for_its_share_of_the_training_node_memory():
+    train = ResourcesConfig(nodes=4, gpus_per_node=8, mem_gb=480)
+    assert evaluation_resources(train, 1).mem_gb == 60 and evaluation_resources(train, 8).mem_gb == 480
+    assert evaluation_resources(ResourcesConfig(tasks_per_node=2, mem_gb=16), 1).mem_gb == 8
+    assert evaluation_resources(ResourcesConfig(), 1).mem_gb is None

@@ -98,7 +98,8 @@ def test_every_settings_rows_carry_precision_and_recall(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluate, "shard_features", lambda *args: ({"features": fake}, None))
     monkeypatch.setattr(evaluate, "generate", lambda *args, **kwargs: torch.zeros(1, 1, 8, 8))
     monkeypatch.setattr(evaluate, "write_grid", lambda *args: None)
-    job = SimpleNamespace(evaluation=SimpleNamespace(samples_per_class=40, shard_size=64), sample_seed=0)
+    job = SimpleNamespace(evaluation=SimpleNamespace(samples_per_class=40, shard_size=64, bootstrap_resamples=50),
+                          sample_seed=0, sampling=SimpleNamespace(reports=lambda metric, guidance: True))
     extractor = SimpleNamespace(name="stand-in-8d", device=torch.device("cpu"))
     inputs = SimpleNamespace(job=job, sampler=lambda net: None, count=40, labels=None, vae=None,
                              data=SimpleNamespace(num_classes=0, shape=(1, 8, 8)), method=SimpleNamespace(sigma_data=0.5),
@@ -115,3 +116,5 @@ def test_every_settings_rows_carry_precision_and_recall(monkeypatch, tmp_path):
         assert row["value"] == expected[name] and 0 < row["value"] < 1
         assert (row["pr_k"], row["pr_samples"], row["features"], row["num_samples"]) == (3, 40, "stand-in-8d", 40)
     assert "pr_k" not in by_metric["fid"]
+    fid = by_metric["fid"]  # with its bootstrap interval over the generated samples (50 resamples here)
+    assert fid["fid_ci_low"] < fid["value"] < fid["fid_ci_high"] and fid["fid_ci_resamples"] == 50

@@ -208,12 +208,13 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path):
 # ---- latents -------------------------------------------------------------------------------------------------------
 
 def expected_latents(vae, pixels: np.ndarray) -> torch.Tensor:
-    """The sCM normalization written out directly: (posterior mean - mu_c) * 0.5 / sigma_c."""
+    """The sCM normalization written out directly: (posterior mean - mu_c) * 0.5 / sigma_c, then the posterior's std
+    scaled alike, std * 0.5 / sigma_c (the normalization is affine)."""
     with torch.no_grad():
-        mean = vae.encode(torch.from_numpy(pixels).float() / 127.5 - 1).latent_dist.mean
+        posterior = vae.encode(torch.from_numpy(pixels).float() / 127.5 - 1).latent_dist
     mu = torch.tensor(LATENT_MEAN).view(1, 4, 1, 1)
     sigma = torch.tensor(LATENT_STD).view(1, 4, 1, 1)
-    return (mean - mu) * 0.5 / sigma
+    return torch.cat([(posterior.mean - mu) * 0.5 / sigma, posterior.std * 0.5 / sigma], dim=1)
 
 
 def test_prepare_latents_match_the_formula(tmp_path, tiny_vae):
@@ -221,9 +222,9 @@ def test_prepare_latents_match_the_formula(tmp_path, tiny_vae):
     out = prepare_imagenet512_latents(root, tmp_path / "out", vae=tiny_vae, resolution=64, batch_size=2, quiet=True)
     latents = np.load(out / "images.npy")
     meta = json.loads((out / "dataset.json").read_text())
-    assert latents.dtype == np.float16 and latents.shape == (3, 4, 8, 8)
+    assert latents.dtype == np.float16 and latents.shape == (3, 8, 8, 8)  # per latent: posterior mean and std
     assert np.load(out / "labels.npy").tolist() == [0, 0, 1]
-    assert meta["kind"] == "latents" and meta["shape"] == [4, 8, 8] and meta["resolution"] == 64
+    assert meta["kind"] == "latents" and meta["shape"] == [4, 8, 8] and meta["resolution"] == 64 and meta["posterior"]
     assert meta["latent_mean"] == list(LATENT_MEAN) and meta["latent_std"] == list(LATENT_STD)
     assert meta["sigma_data"] == 0.5 and meta["num_classes"] == 2 and meta["count"] == 3
     crops = []
@@ -305,7 +306,40 @@ def test_load_prepared_latents(tmp_path, tiny_vae):
     data = load_prepared(out)
     stored = torch.from_numpy(np.load(out / "images.npy")).float()
     assert data.shape == (4, 8, 8) and data.num_classes == 2
-    torch.testing.assert_close(data.images[torch.tensor([2, 0])], stored[[2, 0]], atol=0, rtol=0)
+    torch.testing.assert_close(data.images[torch.tensor([2, 0])], stored[[2, 0], :4], atol=0, rtol=0)  # the means
+
+
+def test_training_draws_each_latent_from_its_posterior(tmp_path, tiny_vae):
+    """As EDM2: every read of a training sample is a fresh draw mean + std * eps. 4000 reads of one latent: their
+    mean and std per element match the stored posterior (5 and 9 standard errors); two reads differ."""
+    root = fake_imagenet(tmp_path / "train")
+    out = prepare_imagenet512_latents(root, tmp_path / "out", vae=tiny_vae, resolution=64, quiet=True)
+    stored = torch.from_numpy(np.load(out / "images.npy")).float()[1]
+    mean, std = stored[:4], stored[4:]
+    assert float(std.min()) > 0
+    torch.manual_seed(0)
+    draws = load_prepared(out, draw_latents=True).images[torch.ones(4000, dtype=torch.long)]
+    assert draws.shape == (4000, 4, 8, 8)
+    n = len(draws)
+    assert float(((draws.mean(0) - mean) / std).abs().max()) < 5 / n ** 0.5
+    assert float((draws.std(0) / std - 1).abs().max()) < 9 / (2 * n) ** 0.5
+    again = load_prepared(out, draw_latents=True).images[torch.tensor([1])]
+    assert not torch.equal(again[0], draws[-1])
+
+
+def test_latents_prepared_before_posteriors_still_load(tmp_path):
+    """A data set of posterior means only (what prepare wrote before): read as stored, with or without draws."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    means = np.random.default_rng(0).standard_normal((3, 4, 8, 8)).astype(np.float16)
+    np.save(folder / "images.npy", means)
+    np.save(folder / "labels.npy", np.array([0, 1, 1]))
+    (folder / "dataset.json").write_text(json.dumps({"name": "imagenet512-latents", "kind": "latents",
+                                                     "shape": [4, 8, 8], "count": 3, "num_classes": 2}))
+    for draw in (False, True):
+        data = load_prepared(folder, draw_latents=draw)
+        assert data.shape == (4, 8, 8)
+        torch.testing.assert_close(data.images[torch.tensor([2])], torch.from_numpy(means[[2]]).float())
 
 
 def test_load_prepared_errors(tmp_path):

@@ -65,7 +65,8 @@ def worker_rows(job: EvalJob, fid_of=our_fid) -> list[dict]:
         metrics = {"fid": fid, "kid": fid / 1000} | ({"fd_dinov2": 10 * fid} if job.evaluation.fd_dinov2 else {})
         common = {**context, "sampler": setting.sampler, "steps": setting.steps, "nfe": nfe,
                   "guidance": setting.guidance}
-        rows += [{**common, "metric": metric, "value": value} for metric, value in metrics.items()]
+        rows += [{**common, "metric": metric, "value": value} for metric, value in metrics.items()
+                 if job.sampling.reports(metric, setting.guidance)]  # each metric at its own scales, as evaluate does
     return rows
 
 
@@ -153,9 +154,11 @@ def test_ours_beside_the_paper_with_difference_and_ratio(table2):
     assert row.fid_ratio == pytest.approx(sum(per_seed) / 3)  # each run over its own teacher, then the mean
     assert list(table.drop_duplicates("size")["size"]) == ["S", "M", "L", "XL", "XXL"]  # Table 2's order
     assert teacher.params_m == pytest.approx(280.2)
-    two_step = _row(table, "scd", "S", 2, 1.4).iloc[0]  # FD_DINOv2: the paper's (Table 6) beside ours
-    assert two_step.fd_dinov2 == pytest.approx(10 * two_step.fid)
+    two_step = _row(table, "scd", "S", 2, 2.0).iloc[0]  # FD_DINOv2 at its own scale (Table 6), the paper's beside
+    assert two_step.fd_dinov2 == pytest.approx(10 * our_fid("scd", "S", 2, 2.0, 0) + 1.0)  # mean over the seeds
     assert two_step.paper_fd_dinov2 == pytest.approx(paper_value("table2", "sCD", "S", 2, "fd_dinov2"))
+    assert math.isnan(two_step.fid)  # FID is not reported at FD_DINOv2's scale
+    assert math.isnan(_row(table, "scd", "S", 2, 1.4).iloc[0].fd_dinov2)  # nor FD_DINOv2 at FID's
 
 
 def test_seeds_give_mean_std_and_n(table2):
@@ -240,10 +243,14 @@ def test_compare_adds_a_users_method_to_tables_and_plots(tmp_path):
     assert set(users.method) == {"diffusion", "fastcm"} and set(users["size"]) == set(PARAMS)
     assert set(users.method_label) == {"TrigFlow diffusion", "fastcm"}
     students = users[users.method == "fastcm"]
-    assert len(students) == 5 * 2 * 2  # sizes x NFE 1, 2 x two guidance scales
-    assert students.fid.eq(students.nfe * 0.1 + 2.0).all() and students.paper_fid.isna().all()
-    teachers = users[users.method == "diffusion"].set_index("size").fid
-    ours_teachers = table[(table.source == "ours") & (table.method == "diffusion")].set_index("size").fid
+    # NFE 1, 2 x the scales of FID and FD_DINOv2 together: 3 for S and M, 4 for L, XL, XXL (sCM Table 6)
+    assert len(students) == 2 * (3 + 3 + 4 + 4 + 4)
+    students = students[students.fid.notna()]  # FID at its own two scales per size
+    assert len(students) == 2 * 2 * 5 and students.fid.eq(students.nfe * 0.1 + 2.0).all()
+    assert students.paper_fid.isna().all()
+    teachers = users[(users.method == "diffusion") & users.fid.notna()].set_index("size").fid
+    ours_teachers = table[(table.source == "ours") & (table.method == "diffusion") & table.fid.notna()].set_index(
+        "size").fid
     assert teachers.sort_index().tolist() == pytest.approx(ours_teachers.sort_index().tolist())  # one shared job
     assert {job.train.id for job in mine.plan.evaluate if job.train.stage == "teacher"} == {
         job.train.id for job in ours.plan.evaluate if job.train.stage == "teacher"}
@@ -255,7 +262,8 @@ def test_compare_adds_a_users_method_to_tables_and_plots(tmp_path):
     assert "| fastcm | " in (out / "table.md").read_text()
     assert (out / "fid_vs_size.pdf").stat().st_size > 1000 and (out / "fid_vs_nfe.png").stat().st_size > 1000
     by_file = write_report(ours, runs, tmp_path / "by-file", compare=[str(users_file)])
-    assert by_file[by_file.source == "fastcm"].fid.tolist() == pytest.approx(users.fid.tolist())  # the file's stem
+    # named by the file's stem
+    assert by_file[by_file.source == "fastcm"].fid.tolist() == pytest.approx(users.fid.tolist(), nan_ok=True)
 
 
 DIGITS = {("diffusion", 35): (6.2502, 0.9728), ("sct", 1): (11.5534, 0.9439), ("sct", 2): (7.3955, 0.9533),

@@ -24,11 +24,13 @@ class Quiet:
 
 
 def _expected_rows(plan) -> int:
-    """One row per sampling setting of each evaluation: each step count (x guidance scale) of its sampling block."""
+    """One FID row per sampling setting of each evaluation: each step count (x guidance scale at which FID is
+    reported) of its sampling block."""
     count = 0
     for job in plan.evaluate:
         steps, guidance = job.sampling.steps, job.sampling.guidance
-        count += (len(steps) if isinstance(steps, list) else 1) * (len(guidance) if isinstance(guidance, list) else 1)
+        scales = [s for s in (guidance if isinstance(guidance, list) else [guidance]) if job.sampling.reports("fid", s)]
+        count += (len(steps) if isinstance(steps, list) else 1) * len(scales)
     return count
 
 

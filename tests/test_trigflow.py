@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
 from conftest import F64, central_difference
 from scm import trigflow
 from scm.gaussian import GaussianData
+from scm.methods import method_class
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -139,3 +141,29 @@ def test_gaussian_F_forms_match_their_definitions(gaussian3: GaussianData):
     # f = cos t x_t - sin t sd F_consistency(x_t / sd, t)
     f = trigflow.consistency_function(gaussian3.F_consistency(x_t / SD, t), x_t, t)
     torch.testing.assert_close(f, gaussian3.consistency(x_t, t), rtol=1e-12, atol=1e-12)
+
+
+def test_truncated_proposal_is_the_normal_truncated_at_ln_sigma_max():
+    """sigma_max truncates ln(sigma) ~ N(P_mean, P_std^2) at ln(sigma_max): every t <= arctan(sigma_max / sd), and
+    the draws follow the truncated normal (Kolmogorov-Smirnov against its CDF)."""
+    p_mean, p_std, sd, sigma_max = 0.4, 2.0, 0.5, 80.0
+    t = trigflow.sample_time(50_000, p_mean, p_std, sd, torch.Generator().manual_seed(0), dtype=torch.float64,
+                             sigma_max=sigma_max)
+    assert float(t.max()) <= math.atan(sigma_max / sd) and float(t.min()) > 0
+    log_sigma = torch.log(sd * torch.tan(t)).numpy()
+    upper = (math.log(sigma_max) - p_mean) / p_std
+    truncated = stats.truncnorm(-math.inf, upper, loc=p_mean, scale=p_std)
+    assert stats.kstest(log_sigma, truncated.cdf).pvalue > 1e-3
+    assert stats.kstest(log_sigma, stats.norm(p_mean, p_std).cdf).pvalue < 1e-6  # tells the two apart
+    untruncated = trigflow.sample_time(5, p_mean, p_std, sd, torch.Generator().manual_seed(1))
+    assert torch.equal(untruncated, trigflow.sample_time(5, p_mean, p_std, sd, torch.Generator().manual_seed(1),
+                                                         sigma_max=None))
+
+
+def test_methods_draw_from_the_truncated_proposal():
+    for name in ("diffusion", "sct", "scd", "discrete-ct"):
+        cls = method_class(name)
+        extra = {"discrete_steps": 64} if name == "discrete-ct" else {}
+        draws = cls(cls.Settings(p_mean=2.0, p_std=2.0, sigma_max=10.0, **extra)).draw((4096, 1, 2, 2),
+                                                                             torch.Generator().manual_seed(0), "cpu")
+        assert float(draws.t.max()) <= math.atan(10.0 / 0.5), name

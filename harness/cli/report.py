@@ -7,22 +7,11 @@ import typer
 from .common import RESULTS, RUNS, fail, run_of
 
 
-def _print_table(console, table, title: str) -> None:
-    """The table without the columns a terminal has least room for (table.md has them all); cells fold, never cut."""
-    from rich import box
-    from rich.table import Table
+def _print_table(console, table, recipe: str, where: Path) -> None:
+    """The table at the terminal's width, every cell whole (harness/report/terminal.py; table.md has it all)."""
+    from ..report.terminal import print_report_table, title_of
 
-    from ..report.tables import display_table
-
-    shown = display_table(table)
-    shown = shown.drop(columns=[c for c in ("params (M)", "sampler", "train min") if c in shown])
-    view = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in shown.columns:
-        view.add_column(column, justify="left" if column in ("source", "setting", "stage", "method") else "right",
-                        overflow="fold")
-    for row in shown.itertuples(index=False):
-        view.add_row(*row)
-    console.print(view)
+    print_report_table(console, table, f"{title_of(recipe, table)} ({where})")
 
 
 def _manifests(recipes: list[Path], runs_dir: Path, smoke: bool) -> list:
@@ -42,30 +31,38 @@ def _manifests(recipes: list[Path], runs_dir: Path, smoke: bool) -> list:
 
 
 def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (default: every run under --runs-dir)."),
-           compare: list[str] = typer.Option([], "--compare", help="Another run beside ours and the paper's, by "
-                                                                   "its recipe's name (or recipe file); "
-                                                                   "repeatable."),
+           compare: list[str] = typer.Option([], "--compare", help="Another run, or a stored baseline set, beside "
+                                             "ours and the paper's; repeatable. A recipe file (.yaml) is a run, a "
+                                             ".csv file a set; a bare NAME is the run of that recipe under --runs-dir "
+                                             "or the set --baselines-dir/NAME.csv, an error when it is both (then "
+                                             "give the file). A set's rows pair with ours by data set, metric, NFE "
+                                             "and guidance."),
            smoke: bool = typer.Option(False, "--smoke", help="Report the recipes' --smoke runs (runs/NAME-smoke)."),
-           runs_dir: Path = RUNS, results_dir: Path = RESULTS):
+           runs_dir: Path = RUNS, results_dir: Path = RESULTS,
+           baselines_dir: Path = typer.Option(None, "--baselines-dir", help="Where --compare finds baseline sets "
+                                                                          "(default: results/baselines of this "
+                                                                          "checkout).")):
     """Compile each run's finished evaluations beside the sCM paper's numbers into results/<recipe>/: table.md,
     table.csv, table.tex, sample grids and plots; prints the table. Exit code 1 when nothing has finished."""
     runs = _manifests(recipes, runs_dir, smoke)  # every run found before any report is written
     from rich.console import Console
 
     from ..recipe.text import RecipeError
+    from ..report.baseline_sets import resolve_compare
+    from ..report.paper import BASELINES
     from ..report.report import write_report
-    from ..report.rows import OURS, find_manifest, source_label
+    from ..report.rows import OURS
 
-    labels = {}
-    for name in compare:
-        try:
-            labels[name] = source_label(find_manifest(name, runs_dir, smoke))
-        except RecipeError as error:
-            fail(f"--compare {name}: {error}")
+    baselines_dir = baselines_dir or BASELINES
+    try:
+        compared = resolve_compare(compare, runs_dir, smoke, baselines_dir)
+    except ValueError as error:
+        fail(str(error))
+    sets = {baseline.name for baseline in compared.sets}
     console, written = Console(), 0
     for manifest in runs:
         try:
-            table = write_report(manifest, runs_dir, results_dir, compare)
+            table = write_report(manifest, runs_dir, results_dir, compare, baselines_dir)
         except (RecipeError, ValueError, OSError) as error:
             fail(f"{manifest.recipe}: {error}")
         if table is None:
@@ -74,9 +71,10 @@ def report(recipes: list[Path] = typer.Argument(None, help="Recipe files (defaul
         written += 1
         if not (table.source == OURS).any():
             console.print(f"{manifest.recipe}: no finished evaluations of its own; showing the --compare runs")
-        for name in compare:
-            if not (table.source == labels[name]).any():
-                console.print(f"--compare {name}: no finished evaluations to show beside {manifest.recipe}")
-        _print_table(console, table, f"{manifest.recipe} ({results_dir / manifest.recipe / 'table.md'})")
+        for name, label in compared.labels.items():
+            if not (table.source == label).any():
+                missing = "rows on its data sets" if label in sets else "finished evaluations"
+                console.print(f"--compare {name}: no {missing} to show beside {manifest.recipe}")
+        _print_table(console, table, manifest.recipe, results_dir / manifest.recipe / "table.md")
     if not written:
         raise typer.Exit(1)

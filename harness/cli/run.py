@@ -1,10 +1,12 @@
 """`scm-bench run`, `status` and `cancel`."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from .common import RUNS, SET, SMOKE, executor_of, fail, load, run_of
+from .live import PlainProgress
 
 
 class ProgressView:
@@ -21,6 +23,22 @@ class ProgressView:
                                                       state="")
         self.progress.update(self.tasks[name], completed=info.get("step", 0), loss=info.get("loss", float("nan")),
                              it_s=info.get("it_s", 0.0), state=info.get("state", ""))
+
+
+@contextmanager
+def _progress_view(console):
+    """Rich bars on a terminal; elsewhere (CI, a pipe, a Slurm log) plain lines every ~30 s (live.py)."""
+    if not console.is_terminal:
+        with PlainProgress() as plain:
+            yield plain
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[it_s]:.1f} it/s"),
+               TimeElapsedColumn(), TextColumn("{task.fields[state]}")]
+    with Progress(*columns, console=console) as progress:
+        yield ProgressView(progress)
 
 
 def _smoke_note(recipe_path: Path, overrides: list[str], smoke: bool) -> None:
@@ -60,25 +78,25 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digit
                  "(or start one here: scripts/slurm-local.sh start)")
     _smoke_note(recipe, overrides, smoke)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..recipe.text import RecipeError
     from ..run.launch import Stopped
+    from ..run.preflight import Missing
     from ..run.runner import run_recipe
     from ..run.stopping import StopRequests
 
     console = Console()
-    columns = [TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[it_s]:.1f} it/s"),
-               TimeElapsedColumn(), TextColumn("{task.fields[state]}")]
     try:
-        with StopRequests() as stop, Progress(*columns, console=console) as progress:
-            rows = run_recipe(spec, recipe, runs_dir, kind, ProgressView(progress), stop, overrides,
+        with StopRequests() as stop, _progress_view(console) as view:
+            rows = run_recipe(spec, recipe, runs_dir, kind, view, stop, overrides,
                               wait=wait or kind != "slurm", launcher_pid=os.getpid() if wait else None)
     except Stopped as stopped:
         typer.echo(f"interrupted by {stopped}: jobs stopped (training saved its step); run the same command again "
                    "to resume", err=True)
         raise typer.Exit(130)
+    except Missing as missing:  # every missing prerequisite at once, one line each
+        typer.echo(f"error: {recipe}: {missing}", err=True)
+        raise typer.Exit(2)
     except (RecipeError, ValueError) as error:  # about the recipe: named with it
         message = str(error)
         fail(message if message.startswith(str(recipe)) else f"{recipe}: {message}")

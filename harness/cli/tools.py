@@ -17,6 +17,8 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digi
                                                                         "EDM2-S sCD reached on an H200)."),
          executor: str = typer.Option(None, help="local | debug | slurm (default: the recipe's)."),
          sbatch: bool = typer.Option(True, "--sbatch/--no-sbatch", help="Print the #SBATCH lines (slurm)."),
+         details: bool = typer.Option(False, "--details", help="Every estimate of every job in one wide table "
+                                                                "(about 200 columns)."),
          smoke: bool = SMOKE, runs_dir: Path = RUNS):
     """Estimate FLOPs, GPU-hours and memory per GPU of every job (a job the store already holds costs nothing);
     submits and writes nothing."""
@@ -33,9 +35,9 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digi
     except (RecipeError, ValueError, OSError) as error:
         fail(str(error))
     console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
-        console.width = 200
-    print_plan(console, spec.name, rows, tflops)
+    if not console.is_terminal:  # piped or captured: the terminal layout's 100 columns (--details: 200)
+        console.width = 200 if details else 100
+    print_plan(console, spec, rows, tflops, details)
     for warning in plan_warnings(rows):
         console.print(f"warning: {warning}", markup=False, highlight=False)
     if sbatch:

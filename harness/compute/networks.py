@@ -26,9 +26,9 @@ def device() -> torch.device:
 
 def build(network, data_shape, num_classes: int, stage=None, takes_guidance: bool = False,
           takes_interval: bool = False) -> nn.Module:
-    """The network of a recipe's `network:` section for this data; `stage` gives its dropout settings (training),
-    None builds it without dropout (evaluation, a teacher); `takes_guidance` adds the guidance-scale input,
-    `takes_interval` the second time r (MeanFlow's u(z, r, t))."""
+    """The network of a recipe's `network:` section for this data; `stage` gives its dropout settings (training:
+    its rate, and the largest resolution it applies at), None builds it without dropout (evaluation, a teacher);
+    `takes_guidance` adds the guidance-scale input, `takes_interval` the second time r (MeanFlow's u(z, r, t))."""
     settings = dict(num_classes=num_classes, label_dropout=stage.label_dropout if stage else 0.0,
                     time_embedding=network.time_embedding, fourier_scale=network.fourier_scale,
                     c_noise=network.c_noise, guidance_input=takes_guidance, interval_input=takes_interval)
@@ -42,7 +42,8 @@ def build(network, data_shape, num_classes: int, stage=None, takes_guidance: boo
                             blocks_per_level=network.blocks_per_level)
         else:  # unet-edm2, ddpmpp: `channels` is the image's channel count there, the width is model_channels
             settings.update(channels=data_shape[0], model_channels=network.channels,
-                            num_blocks=network.blocks_per_level, dropout_max_resolution=network.dropout_max_resolution)
+                            num_blocks=network.blocks_per_level,
+                            dropout_max_resolution=stage.dropout_max_resolution if stage else None)
             settings.update(modulation=network.modulation)
         if network.name == "unet-edm2":
             settings.update(size=network.size or "S")
@@ -64,17 +65,19 @@ def sampled_ema(state: dict) -> dict:
 
 
 def read_network(source: TrainJob | Checkpoint, reader: TrainJob, data_shape, num_classes: int,
-                 state: dict | None = None, checkpoint: Path | None = None) -> nn.Module:
-    """A finished job's sampled network with its EMA weights (from `state`, `checkpoint` or its final checkpoint),
-    in eval mode on `device()`. A checkpoint file is built with the reader's network settings."""
+                 state: dict | None = None, checkpoint: Path | None = None, weights: dict | None = None) -> nn.Module:
+    """A finished job's sampled network with its EMA weights (from `state`, `checkpoint` or its final checkpoint;
+    `weights`: these instead, e.g. an EMA of another length), in eval mode on `device()`. A checkpoint file is built
+    with the reader's network settings."""
     if isinstance(source, Checkpoint):
         net = build(reader.network, data_shape, num_classes)
     else:
         method = source.method()
         net = build(source.network, data_shape, num_classes, takes_guidance=method.takes_guidance(),
                     takes_interval=method.takes_interval())
-    state = state or store.load_checkpoint(checkpoint or source.final_checkpoint)
-    net.load_state_dict(sampled_ema(state))
+    if weights is None:
+        weights = sampled_ema(state or store.load_checkpoint(checkpoint or source.final_checkpoint))
+    net.load_state_dict(weights)
     return net.to(device()).eval().requires_grad_(False)
 
 

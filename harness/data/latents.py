@@ -5,8 +5,8 @@ latent = (l - mu_c) * sigma_data / sigma_c, with l the VAE posterior's latent fo
 import os
 import warnings
 
-# Per-channel mean and std of the raw SD VAE latents of ImageNet 512: Lu & Song 2025 (sCM), ImageNet 512x512
-# settings (also in ../shared/reference/sCM-facts.md, section Evaluation).
+# Per-channel mean and std of the raw SD VAE latents of ImageNet 512 for images in [-1, 1]: sCM App. G.1 (its step
+# 4 of preprocessing; EDM2's own values, training/encoders.py, assume images in [0, 1], which the paper corrects).
 LATENT_MEAN = (1.56, -0.695, 0.483, 0.729)
 LATENT_STD = (5.27, 5.91, 4.21, 4.31)
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -77,18 +77,32 @@ def _vae_dtype_device(vae):
     return parameter.dtype, parameter.device
 
 
-def encode_latents(vae, images, sigma_data: float = 0.5):
-    """Images [B, 3, H, W] in [-1, 1] -> normalized float32 latents [B, 4, H/8, W/8]."""
+def encode_posterior(vae, images, sigma_data: float = 0.5):
+    """Images [B, 3, H, W] in [-1, 1] -> the VAE posterior N(mean, std^2) of each latent, normalized: float32
+    [B, 8, H/8, W/8], the 4 mean channels then the 4 std channels. As EDM2 keeps them: a latent is drawn from the
+    posterior each time a training sample is read (`draw_latents`)."""
     import torch
 
     dtype, device = _vae_dtype_device(vae)
     with torch.no_grad():
         posterior = vae.encode(images.to(device, dtype)).latent_dist
-        # EDM2 stores mean and std and samples the posterior each time it reads a latent; we store the posterior
-        # mean, so the prepared data set is deterministic and half the size.
-        raw = posterior.mean.float()
-    mean, std = _channel_stats(raw, raw.shape[1])
-    return (raw - mean) * (sigma_data / std)
+        raw_mean, raw_std = posterior.mean.float(), posterior.std.float()
+    mean, std = _channel_stats(raw_mean, raw_mean.shape[1])
+    # the normalization is affine, so the normalized latent's posterior is N((mu - m_c) sd / s_c, (std sd / s_c)^2)
+    return torch.cat([(raw_mean - mean) * (sigma_data / std), raw_std * (sigma_data / std)], dim=1)
+
+
+def encode_latents(vae, images, sigma_data: float = 0.5):
+    """Images [B, 3, H, W] in [-1, 1] -> normalized float32 latents [B, 4, H/8, W/8] (the posterior means)."""
+    return encode_posterior(vae, images, sigma_data).chunk(2, dim=1)[0]
+
+
+def draw_latents(posterior, generator=None):
+    """Latents drawn from stored posteriors [B, 8, h, w] (means, stds): mean + std * eps, eps ~ N(0, I)."""
+    import torch
+
+    mean, std = posterior.chunk(2, dim=1)
+    return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
 
 
 def decode_latents(vae, latents, sigma_data: float = 0.5):

@@ -9,20 +9,21 @@ from .prepared import PREPARED_DATASETS, load_prepared
 DIGITS_SHAPE = ((1, 8, 8), 10)  # sklearn's 8x8 digits, 10 classes
 
 
-def load_data(config) -> ImageData:
-    """The data set of a `data:` section (without labels where it says class_conditional: false)."""
-    data = _load_images(config)
+def load_data(config, draw_latents: bool = False) -> ImageData:
+    """The data set of a `data:` section (without labels where it says class_conditional: false). Latents stored as
+    VAE posteriors are read as their means, or with `draw_latents` (training) as a fresh draw per read (EDM2)."""
+    data = _load_images(config, draw_latents)
     return data if config.class_conditional else ImageData(data.images, None, 0)
 
 
-def _load_images(config) -> ImageData:
+def _load_images(config, draw_latents: bool) -> ImageData:
     if config.name == "digits":
         return load_digits_data()
     if config.name == "synthetic":
         return synthetic_data(tuple(config.shape), config.num_classes, config.count)
     if config.name == "folder":
         return load_image_folder(config.path, config.labels)
-    return load_prepared(config.prepared_path(), config.name)
+    return load_prepared(config.prepared_path(), config.name, draw_latents)
 
 
 def data_shape(config) -> tuple[tuple[int, ...], int]:

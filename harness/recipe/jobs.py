@@ -19,6 +19,7 @@ STORE = "store"  # under the runs root: every training job's folder, whichever r
 EVALUATIONS = "evaluations"  # under a training job's folder: one folder per evaluation of it
 # a stage's fields that say how it runs, is evaluated or is reached, not what it trains
 NOT_TRAINED = {"resources", "sampling", "during_training", "init", "teacher", "seed"}
+NOT_TRAINED_EMA = {"evaluate_sigma_rel"}  # which EMAs are evaluated, not which are kept
 
 
 def config_hash(*parts) -> str:
@@ -102,7 +103,8 @@ class TrainJob(Frozen):
 
 def train_job_id(spec: Stage, network: NetworkConfig, data: DataConfig, sigma_data: float, seed: int,
                  init, teacher) -> str:
-    trained = spec.model_dump(exclude=NOT_TRAINED, exclude_defaults=True)
+    trained = spec.model_dump(exclude={**dict.fromkeys(NOT_TRAINED, True), "ema": NOT_TRAINED_EMA},
+                              exclude_defaults=True)
     content = config_hash(trained, network.model_dump(exclude_defaults=True), data.model_dump(exclude_defaults=True),
                           sigma_data, seed, init.id if init else None, teacher.id if teacher else None)
     return f"{_slug(spec.method_class.name)}-{content}"
@@ -119,6 +121,7 @@ class EvalJob(Frozen):
     train: TrainJob
     sampling: SerializeAsAny[SamplingSettings]
     during_training: list[int] = []
+    sigma_rel_sweep: list[float] = []  # the final checkpoint also sampled with these EMAs (stage's evaluate_sigma_rel)
     evaluation: EvaluationConfig
     sample_seed: int  # every sample's seed derives from it (the recipe's seed): common random numbers
     resources: ResourcesConfig
@@ -152,10 +155,11 @@ class EvalJob(Frozen):
 
 
 def eval_job_id(train: TrainJob, evaluation: EvaluationConfig, sampling: SamplingSettings, during_training,
-                sample_seed: int) -> str:
+                sample_seed: int, sigma_rel_sweep=()) -> str:
     protocol = evaluation.model_dump(exclude=EvaluationConfig.SPLIT, exclude_defaults=True)
+    sweep = [list(sigma_rel_sweep)] if sigma_rel_sweep else []  # no sweep: the id evaluations always had
     return config_hash(train.id, protocol, sampling.model_dump(exclude_defaults=True), list(during_training),
-                       sample_seed)
+                       sample_seed, *sweep)
 
 
 def store_folder(runs_root: Path, job_id: str) -> str:

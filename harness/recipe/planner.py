@@ -38,9 +38,13 @@ def stage_order(recipe: Recipe) -> list[str]:
 
 
 def evaluation_resources(train: ResourcesConfig, ranks: int) -> ResourcesConfig:
-    """Evaluation runs on one node as evaluation.ranks tasks (one GPU each where training had GPUs)."""
+    """Evaluation runs on one node as evaluation.ranks tasks (one GPU each where training had GPUs), asking for
+    the share of the training node's memory its tasks would have had (a 1-GPU evaluation of a job trained with
+    --mem=480GB on 8 GPUs asks for 60 GB), never more than the training node's."""
     gpus = ranks if train.gpus_per_node else 0
-    return train.model_copy(update={"nodes": 1, "tasks_per_node": None if gpus else ranks, "gpus_per_node": gpus})
+    memory = train.mem_gb if train.mem_gb is None else min(train.mem_gb, train.mem_gb * ranks / train.tasks)
+    return train.model_copy(update={"nodes": 1, "tasks_per_node": None if gpus else ranks, "gpus_per_node": gpus,
+                                    "mem_gb": memory})
 
 
 class _Planner:
@@ -131,10 +135,11 @@ def _add_with_parents(train: dict, job: TrainJob) -> None:
 
 def _evaluation(variant: Recipe, name: str, job: TrainJob, runs_root: Path) -> EvalJob:
     stage = variant.stages[name]
-    eval_id = eval_job_id(job, variant.evaluation, stage.sampling, stage.during_training, variant.seed)
+    sweep = stage.ema.evaluate_sigma_rel
+    eval_id = eval_job_id(job, variant.evaluation, stage.sampling, stage.during_training, variant.seed, sweep)
     return EvalJob(id=eval_id, recipe=variant.name, stage=name, variant=variant.variant, train=job,
-                   sampling=stage.sampling,
-                   during_training=stage.during_training, evaluation=variant.evaluation, sample_seed=variant.seed,
+                   sampling=stage.sampling, during_training=stage.during_training, sigma_rel_sweep=sweep,
+                   evaluation=variant.evaluation, sample_seed=variant.seed,
                    resources=evaluation_resources(job.resources, variant.evaluation.ranks),
                    folder=evaluation_folder(job, eval_id), reference_cache=reference_cache(runs_root))
 

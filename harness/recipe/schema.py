@@ -19,8 +19,8 @@ from scm.methods import (Method, MethodSettings, SamplingError, SamplingSettings
 
 from .graph import check_graph
 from .refs import StageRef
-from .sections import (DataConfig, EMAConfig, EvaluationConfig, NetworkConfig, OptimizerConfig, ResourcesConfig,
-                       Strict)
+from .sections import (METRICS, DataConfig, EMAConfig, EvaluationConfig, NetworkConfig, OptimizerConfig,
+                       ResourcesConfig, Strict)
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -50,6 +50,10 @@ class Stage(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EMAConfig = EMAConfig()
     dropout: float = Field(0.0, ge=0, lt=1)
+    # dropout only in blocks at resolution <= this (unet-edm2, ddpmpp; sCM App. G.2: the consistency models, 16);
+    # unset: in every block (EDM2 config G, the teachers)
+    dropout_max_resolution: int | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm of every network to this; unset: none
     label_dropout: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(500, gt=0)
     # a non-finite loss, tangent or gradient: end the job as diverged ("stop"), or skip that step ("skip") and end
@@ -100,6 +104,10 @@ class Stage(Strict):
             raise _error(("sampling", error.field), str(error), data.get("sampling")) from None
         except ValueError as error:
             raise _error(("sampling",), str(error), data.get("sampling")) from None
+        unknown = sorted(set(sampling.metric_guidance) - set(METRICS))
+        if unknown:
+            raise _error(("sampling", "guidance"), f"no metric {unknown[0]!r}; guidance per metric names some of "
+                                                   f"{', '.join(METRICS)}", data.get("sampling"))
         if not names or len(set(names)) < len(names):  # each setting's samples are kept under its name
             raise _error(("sampling",), f"it gives {'no' if not names else 'repeated'} sampling settings "
                                         f"({', '.join(names) or 'none'}); give each once", data.get("sampling"))
@@ -155,6 +163,16 @@ class Recipe(Strict):
         if bad is not None:
             raise ValueError(f"stage name {bad!r} must be letters, digits, '_', '-', '.', e.g. teacher")
         return v
+
+    @model_validator(mode="after")
+    def _dropout_resolution_where_it_applies(self):
+        if self.network.name in ("unet-edm2", "ddpmpp"):
+            return self
+        stage = next((name for name, s in self.stages.items() if s.dropout_max_resolution is not None), None)
+        if stage is not None:
+            raise ValueError(f"stages.{stage}.dropout_max_resolution applies to unet-edm2 and ddpmpp, not "
+                             f"{self.network.name}; remove it")
+        return self
 
     @model_validator(mode="after")
     def _references_form_a_graph(self):

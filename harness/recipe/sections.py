@@ -1,9 +1,9 @@
 """The plain sections of a recipe: data, network, optimizer, EMA, resources and the evaluation protocol. The stages
 and the recipe itself are in schema.py."""
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -51,7 +51,15 @@ class NetworkConfig(Strict):
     c_noise: Literal["t", "log-sigma"] = "t"  # TrigFlow: c_noise(t) = t
     # double-norm: sCM's; edm2: EDM2's scale-only (unet-edm2); edm: EDM's additive DDPM++ block, no AdaGN (ddpmpp)
     modulation: Literal["double-norm", "edm2", "edm"] = "double-norm"
-    dropout_max_resolution: int | None = Field(None, gt=0)  # dropout only at res <= this (sCM App. G: 16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dropout_is_per_stage(cls, data):
+        if isinstance(data, dict) and "dropout_max_resolution" in data:
+            raise ValueError("network.dropout_max_resolution is a stage setting now: teachers drop out in every block "
+                             "(EDM2 config G), consistency models only at res <= 16 (sCM App. G.2); move it to "
+                             "stages.NAME.dropout_max_resolution")
+        return data
 
     @model_validator(mode="after")
     def _only_where_meaningful(self):
@@ -87,10 +95,68 @@ class OptimizerConfig(Strict):
     rampup_steps: int = Field(0, ge=0)
 
 
+SigmaRel = Annotated[float, Field(gt=0, lt=0.3)]  # EDM2's relative EMA length; gamma > -1/2 below 0.3
+
+
+def sigma_rel_key(sigma_rel: float) -> str:
+    """How an EMA length is named in checkpoints, folders and rows: 0.05 -> "0.05" (equal when equal to 6 digits)."""
+    return f"{sigma_rel:g}"
+
+
+def _distinct(values: list[float], field: str) -> list[float]:
+    if len({sigma_rel_key(v) for v in values}) < len(values):
+        raise ValueError(f"{field} lists a sigma_rel twice; give each once, e.g. [0.05, 0.1]")
+    return values
+
+
+class PostHocEMAConfig(Strict):
+    """EDM2's post-hoc EMA (Sec. 3.2): power EMAs of these lengths, snapshotted every `snapshot_every` steps and at
+    the last step (JOB/phema/), from which the EMA of any sigma_rel is reconstructed after training."""
+    sigma_rel: list[SigmaRel] = Field([0.05, 0.10], min_length=1)  # EDM2 tracks 0.05 and 0.10
+    snapshot_every: int = Field(gt=0)
+
+    @field_validator("sigma_rel")
+    @classmethod
+    def _once(cls, v):
+        return _distinct(v, "post_hoc.sigma_rel")
+
+
 class EMAConfig(Strict):
     kind: Literal["power", "halflife"] = "power"
     sigma_rel: float = Field(0.05, gt=0, lt=0.3)
     halflife_images: float = Field(50_000, gt=0)
+    also_sigma_rel: list[SigmaRel] = []  # power EMAs tracked beside the sampled one (in every checkpoint)
+    post_hoc: PostHocEMAConfig | None = None
+    # the final checkpoint is also evaluated with these EMAs (tracked, else reconstructed post hoc), per NFE
+    evaluate_sigma_rel: list[SigmaRel] = []
+
+    @field_validator("also_sigma_rel", "evaluate_sigma_rel")
+    @classmethod
+    def _once(cls, v, info):
+        return _distinct(v, info.field_name)
+
+    @property
+    def sampled_sigma_rel(self) -> float | None:
+        """The sigma_rel of the EMA that is sampled (None for a half-life EMA)."""
+        return self.sigma_rel if self.kind == "power" else None
+
+    @property
+    def tracked_sigma_rel(self) -> list[float]:
+        """The power EMAs kept beside the sampled one: also_sigma_rel and post_hoc's (each once, the sampled one
+        not again)."""
+        wanted = [*self.also_sigma_rel, *(self.post_hoc.sigma_rel if self.post_hoc else [])]
+        sampled = self.sampled_sigma_rel
+        skip = sigma_rel_key(sampled) if sampled is not None else None
+        return list({sigma_rel_key(v): v for v in wanted if sigma_rel_key(v) != skip}.values())
+
+    @model_validator(mode="after")
+    def _evaluated_ema_exists(self):
+        kept = {sigma_rel_key(v) for v in [self.sampled_sigma_rel, *self.tracked_sigma_rel] if v is not None}
+        missing = [v for v in self.evaluate_sigma_rel if sigma_rel_key(v) not in kept]
+        if missing and self.post_hoc is None:
+            raise ValueError(f"evaluate_sigma_rel {missing[0]:g} is not tracked; add it to also_sigma_rel, or add "
+                             "post_hoc: {snapshot_every: N} to reconstruct it after training")
+        return self
 
 
 class ResourcesConfig(Strict):
@@ -124,6 +190,10 @@ class ResourcesConfig(Strict):
         return self
 
 
+# what an evaluation measures (a stage's `sampling: {guidance: {METRIC: [...]}}` names these)
+METRICS = ("fid", "kid", "precision", "recall", "fd_dinov2", "class_accuracy")
+
+
 class EvaluationConfig(Strict):
     """How every stage's samples are measured (how each is sampled is the stage's own `sampling:`)."""
     samples_per_class: int = Field(180, gt=0)  # unconditional data: this many samples in all
@@ -136,6 +206,8 @@ class EvaluationConfig(Strict):
     reference: str | None = None
     fd_dinov2: bool = False  # FD_DINOv2 beside FID (EDM2's second metric); needs DINOv2 in the local torch hub
     dinov2_repo: str | None = None  # a local clone of facebookresearch/dinov2 (default: torch hub's cached copy)
+    # FID's 95% interval over the generated samples (harness/evaluation/bootstrap.py): this many resamples; 0: none
+    bootstrap_resamples: int = Field(200, ge=0)
     shard_size: int = Field(1000, gt=0)  # samples per shard: the unit of resuming and of splitting over ranks
     ranks: int = Field(1, gt=0)  # data-parallel generation tasks in an evaluation job (one GPU each)
     array_tasks: int = Field(1, gt=0)  # > 1: generation also split over a job array that runs before the metrics

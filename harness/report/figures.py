@@ -4,6 +4,7 @@ labels, and saving (PNG and PDF, written atomically) through matplotlib's Figure
 loads)."""
 import io
 import math
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from .rows import OURS
 METHOD_STYLES = {"diffusion": ("s", "black"), "sct": ("o", "#0072B2"), "scd": ("^", "#D55E00"),
                  "discrete-ct": ("D", "#009E73")}
 EXTRA_STYLES = [("v", "#CC79A7"), ("P", "#E69F00"), ("X", "#56B4E9"), ("<", "#666666"), ("d", "#009E73")]
+SOURCE_COLOURS = ["#882255", "#44AA99", "#999933", "#AA4499", "#332288"]  # Tol's muted: none of the above
 # fixed margins in inches: constrained layout took a third of the drawing time, and these figures have one shape
 PANEL_HEIGHT, TOP, BOTTOM, LEFT, RIGHT, LEGEND_ROW = 3.0, 0.7, 0.85, 0.75, 0.2, 0.21
 NFE_LINES = {1: "-", 2: "--"}  # Fig. 6 plots 1- and 2-step students
@@ -28,15 +30,23 @@ def styles(methods) -> dict:
     return {**METHOD_STYLES, **{m: EXTRA_STYLES[i % len(EXTRA_STYLES)] for i, m in enumerate(extra)}}
 
 
+def source_colour(source: str) -> str:
+    """A --compare source's own colour (the same in every figure: from its name), none of the methods' colours."""
+    return SOURCE_COLOURS[zlib.crc32(source.encode()) % len(SOURCE_COLOURS)]
+
+
 def line_style(style: tuple, linestyle: str, source: str) -> dict:
-    """Keyword arguments of one curve: ours filled, a --compare source half-filled; the paper hollow and larger, on a
-    thin line of the same style (so its 1- and 2-step points differ in grayscale too)."""
+    """Keyword arguments of one curve: ours filled in the method's colour; a --compare source in its own colour,
+    with the method's marker half-filled; the paper hollow and larger, on a thin line of the same
+    style (so its 1- and 2-step points differ in grayscale too). Legend entries name the source (curve_label)."""
     marker, color = style
     if source == "paper":
         return dict(marker=marker, color=color, linestyle=linestyle, linewidth=0.7, markerfacecolor="none",
                     markersize=9, markeredgewidth=1.3)
-    return dict(marker=marker, color=color, linestyle=linestyle, markersize=6, capsize=2,
-                fillstyle="full" if source == OURS else "left")
+    if source != OURS:
+        return dict(marker=marker, color=source_colour(source), linestyle=linestyle, markersize=6, capsize=2,
+                    fillstyle="left")
+    return dict(marker=marker, color=color, linestyle=linestyle, markersize=6, capsize=2, fillstyle="full")
 
 
 def curve_label(source: str, setting: str, name: str, nfe=None) -> str:
@@ -51,6 +61,13 @@ def log_axis(axis) -> None:
     axis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_locator(NullLocator())
+
+
+def fid_panel(ax, xlabel: str, title: str) -> None:
+    """A panel of FID on a log axis: its labels, plain log ticks, a light grid."""
+    ax.set(yscale="log", xlabel=xlabel, title=title)
+    log_axis(ax.yaxis)
+    ax.grid(True, which="both", linewidth=0.3, color="0.8")
 
 
 def draw_curve(ax, points: pd.DataFrame, x, y: str, kwargs: dict, label: str) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import store
 from .figures import NFE_LINES, finish_figure, line_style, log_axis, new_figure, styles, write_figure
+from .noise import RULE, fid_intervals, versus_interval
 from .render import markdown_table
 from .rows import setting_label
 
@@ -26,7 +27,8 @@ def _per_seed(frame: pd.DataFrame, during_training: bool = False) -> pd.DataFram
     index = [*GROUP, "nfe", "seed", "checkpoint_step"]
     wide = rows.pivot_table(index=index, columns="metric", values="value", aggfunc="first")
     cost = rows.groupby(index)[["train_compute", "seconds_per_step", "train_seconds"]].first()
-    return wide.join(cost).reset_index()
+    interval = rows[rows.metric == "fid"].groupby(index)[["fid_ci_low", "fid_ci_high"]].first()
+    return wide.join(cost).join(interval).reset_index()
 
 
 def comparison_table(frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -45,11 +47,28 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame | None:
             columns[f"{metric}_{nfe}"] = at[metric].mean()
             columns[f"{metric}_{nfe}_std"] = at[metric].std()
         columns[f"n_{nfe}"] = at["fid"].count()
-    table = pd.DataFrame(columns)
+        columns[f"ci_low_{nfe}"], columns[f"ci_high_{nfe}"] = at["fid_ci_low"].first(), at["fid_ci_high"].first()
+    table = _versus_best(pd.DataFrame(columns))
     runs = seeds.groupby(GROUP)
     table = table.join(runs[["train_compute", "seconds_per_step", "train_seconds"]].mean()).reset_index()
     table["_order"] = table.fid_1.fillna(np.inf)
     return table.sort_values(["_order", "fid_2"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _versus_best(table: pd.DataFrame) -> pd.DataFrame:
+    """Per NFE, each method against the one with the lowest mean FID: "best", "within noise" or "beyond noise"
+    (their 95% intervals, noise.py: over seeds, else a single run's bootstrap interval)."""
+    for nfe in FEW_STEPS:
+        mean = table.get(f"fid_{nfe}")
+        if mean is None or mean.isna().all():
+            continue
+        ci = fid_intervals(mean, table[f"fid_{nfe}_std"], table[f"n_{nfe}"], table.pop(f"ci_low_{nfe}"),
+                           table.pop(f"ci_high_{nfe}"))
+        best = mean.idxmin()
+        table[f"vs_best_{nfe}"] = ["" if pd.isna(m) else "best" if i == best else
+                                   versus_interval(ci.ci_low[i], ci.ci_high[i], ci.ci_low[best], ci.ci_high[best])
+                                   for i, m in mean.items()]
+    return table.drop(columns=[c for c in table if c.startswith("ci_")])
 
 
 def _mean_std(mean, std, digits=3) -> str:
@@ -66,6 +85,8 @@ def shown_comparison(table: pd.DataFrame) -> pd.DataFrame:
             if f"{metric}_{nfe}" in table:
                 shown[f"{title} {nfe}-step"] = [_mean_std(m, s, digits) for m, s in
                                                 zip(table[f"{metric}_{nfe}"], table[f"{metric}_{nfe}_std"])]
+            if metric == "fid" and f"vs_best_{nfe}" in table:
+                shown[f"vs best {nfe}-step"] = [{"beyond noise": "worse *"}.get(v, v) for v in table[f"vs_best_{nfe}"]]
     shown["seeds"] = table[[f"n_{nfe}" for nfe in FEW_STEPS]].max(axis=1).astype(int).astype(str)
     shown["s / step"] = table.seconds_per_step.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["train min"] = (table.train_seconds / 60).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
@@ -118,7 +139,8 @@ def write_comparison(frame: pd.DataFrame, out: Path, title: str) -> tuple[list[P
     same = len(compute) == len(table) and compute.max() <= 1.01 * compute.min()  # steps are whole: within 1%
     title = "Methods at equal compute" if same else "Few-step methods (their compute differs: see its column)"
     section = ["", f"## {title}, ordered by 1-step FID", "", markdown_table(shown_comparison(table)),
-               "", "Mean ± sample std over seeds. s / step: measured seconds per training step (wall clock of the "
+               "", f"Mean ± sample std over seeds. vs best: against the method with the lowest mean FID at that NFE; "
+               f"{RULE}. s / step: measured seconds per training step (wall clock of the "
                "training job over its steps, on the machine that ran it); compute: steps x batch x the method's "
                "cost per step in forward passes (`scm-bench plan`'s count).", ""]
     return paths, "\n".join(section)

@@ -1,7 +1,7 @@
 """The report's figures against size and NFE. fid_vs_size is like sCM Fig. 6: FID and FID / teacher FID against
 model size (S..XXL), 1 and 2 steps. fid_vs_nfe: FID against NFE per stage (one panel per model size). Ours: lines
-with filled markers; the paper: hollow markers; a --compare run: half-filled markers. A job trained from scratch
-(a diffusion teacher) is the reference: a dotted line, and the ratio panel's 1."""
+with filled markers; the paper: hollow markers; a --compare run: its own colour, half-filled markers. A job trained
+from scratch (a diffusion teacher) is the reference: a dotted line, and the ratio panel's 1."""
 import math
 from pathlib import Path
 

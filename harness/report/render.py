@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .noise import RULE
 from .paper import PAPER_TABLES
 from .rows import OURS
 from .tables import number
@@ -59,6 +60,7 @@ def _protocol(frame: pd.DataFrame, recipe_name: str, paper: pd.DataFrame) -> str
                     "(half-size sets, so biased upwards relative to the full-size comparison).")
     text.append("FID: mean ± sample std over seeds (n runs) where a setting ran with several; runs that diverged are "
                 "marked and left out of the mean. FID / teacher: each run's FID over the FID of its own teacher.")
+    text.append(f"FID 95%: the interval each setting can measure; {RULE}.")
     if len(paper):
         table, dataset = PAPER_TABLES[recipe_name.removesuffix("-smoke")]
         text.append(f"paper FID: the published number ({table}, {dataset}; results/baselines/), at the paper's "
@@ -76,6 +78,8 @@ def _grid_names(table: pd.DataFrame) -> pd.Series:
     name = (table.source + "-" + table.stage + "-nfe-" + table.nfe.astype(str) + told
             + ("-" + table["size"]).where(table["size"] != "", "")
             + ("-" + table.setting).where(table.setting != "", ""))
+    if "sigma_rel" in table:  # a sigma_rel sweep: one grid per EMA length
+        name += ("-sigma_rel-" + table.sigma_rel).where(table.sigma_rel != "", "")
     return name.str.replace(r"[^A-Za-z0-9_.=-]+", "-", regex=True) + ".png"
 
 
@@ -102,7 +106,8 @@ def markdown_page(recipe_name: str, shown, grids, frame, paper, unmatched, plots
     if len(unmatched):
         rest = pd.DataFrame({"method": unmatched.method, "family": unmatched.family, "size": unmatched["size"],
                              "params (M)": unmatched.params_m.map(lambda v: number(v, 1)),
-                             "NFE": unmatched.nfe.astype(str), "guidance": unmatched.guidance.map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+                             "NFE": unmatched.nfe.astype(str),
+                             "guidance": unmatched.guidance.map(lambda v: "" if pd.isna(v) else f"{v:g}"),
                              "FID": unmatched.value.map(lambda v: number(v, 2))})
         rest = rest.drop(columns=[c for c in rest if rest[c].eq("").all()])
         parts += ["", "## The paper's other rows of this table (for context)", "", markdown_table(rest)]

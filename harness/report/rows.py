@@ -12,13 +12,15 @@ from ..recipe.text import RecipeError, parse_yaml
 from ..store.runs import RunIndex, read_index
 
 OURS = "ours"  # the source label of this recipe's rows; a --compare run's rows carry its name
-SETTING = ["source", "setting", "stage", "method", "size", "sampler", "nfe", "guidance"]
+# sigma_rel: the EMA length of a stage evaluated at several (evaluate_sigma_rel), as text ("" where not swept)
+SETTING = ["source", "setting", "stage", "method", "size", "sampler", "nfe", "guidance", "sigma_rel"]
 WIDE_METRICS = ("fid", "kid", "class_accuracy", "fd_dinov2")  # columns of rows written before the long format
 ROW_DEFAULTS = {"variant": "", "stage": "", "size": "", "params_m": np.nan, "seed": 0, "sampler": "", "guidance": 1.0,
                 "diverged": False, "grid": "", "train_seconds": np.nan, "num_samples": np.nan, "features": "",
                 "reference": "", "reference_hash": "", "ema": "", "code_version": "", "date": "",
                 "real_vs_real_half_fid": np.nan, "intermediate": False, "method_label": "",
-                "train_compute": np.nan, "seconds_per_step": np.nan}
+                "train_compute": np.nan, "seconds_per_step": np.nan, "sigma_rel": np.nan, "ema_sweep": False,
+                "fid_ci_low": np.nan, "fid_ci_high": np.nan}
 
 
 def _melt_wide(frame: pd.DataFrame) -> pd.DataFrame:
@@ -42,8 +44,15 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
     frame["teacher_job"] = frame.get("teacher_job", frame.job).fillna(frame.job)  # a root job is its own parent
     frame["method_label"] = frame.method_label.where(frame.method_label != "", frame.method)
     frame["base"] = frame.teacher_job == frame.job
+    frame["sigma_rel"] = frame.sigma_rel.map(lambda v: "" if pd.isna(v) else f"{float(v):g}")  # a grouping key
     return frame.astype({"diverged": bool, "intermediate": bool, "size": str, "variant": str, "grid": str,
-                         "guidance": float, "value": float, "nfe": int, "stage": str})
+                         "guidance": float, "value": float, "nfe": int, "stage": str, "ema_sweep": bool})
+
+
+def sampled_ema_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows (or table rows) of the EMA each stage samples, without the other lengths of a sigma_rel sweep: what
+    every figure but FID against sigma_rel shows."""
+    return frame[~frame.ema_sweep.astype(bool)] if "ema_sweep" in frame else frame
 
 
 def load_rows(paths) -> pd.DataFrame:

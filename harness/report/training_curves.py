@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import store
-from .figures import EXTRA_STYLES, finish_figure, log_axis, new_figure, save_figure
+from .figures import EXTRA_STYLES, fid_panel, finish_figure, new_figure, save_figure, source_colour
 from .rows import OURS, SETTING, setting_label
 from .tables import METHOD_ORDER
 
@@ -66,12 +66,11 @@ def training_curves_figure(points: pd.DataFrame, counts: pd.DataFrame, title: st
             marker, color = styles[(setting, size)]
             label = _name(source, setting, size, guidance if several_scales else None)
             ax.errorbar(line.checkpoint_step, line.fid, yerr=line.fid_std.fillna(0), label=label, marker=marker,
-                        color=color, markersize=5, capsize=2, fillstyle="full" if source == OURS else "left")
+                        color=color if source == OURS else source_colour(source), markersize=5, capsize=2,
+                        fillstyle="full" if source == OURS else "left")
         ax.text(0.03, 0.03, _panel_text(counts[counts.stage == stage]), transform=ax.transAxes, fontsize="x-small",
                 va="bottom", ha="left", color="0.3")
-        ax.set(yscale="log", xlabel="training step", title=f"{labels[stage]}, {nfe}-step")
-        log_axis(ax.yaxis)
-        ax.grid(True, which="both", linewidth=0.3, color="0.8")
+        fid_panel(ax, "training step", f"{labels[stage]}, {nfe}-step")
     axes[0].set_ylabel("FID (log scale), mean ± std over seeds")
     finish_figure(fig, axes, f"{title}: FID over training", wspace=0.08)
     return fig

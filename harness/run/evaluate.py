@@ -4,13 +4,17 @@ recall, FD_DINOv2 where asked, class accuracy on the digits), with a sample grid
 generation-array task that makes a share of the shards beforehand. Metrics rows are long: one per (checkpoint,
 setting, metric)."""
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .. import store
 from ..compute import Ranks, device, init_ranks, read_network
+from ..compute.posthoc import ema_weights
 from ..data import load_data
+from ..evaluation.bootstrap import bootstrap_fid_interval
 from ..evaluation.classifier import load_digits_classifier
 from ..evaluation.features import build_dinov2_extractor, build_extractor
 from ..evaluation.generate import generate
@@ -20,7 +24,9 @@ from ..evaluation.precision_recall import matched_precision_recall
 from ..evaluation.reference import reference_statistics
 from ..evaluation.shards import Sampler, shard_features
 from ..recipe.jobs import EvalJob
+from ..recipe.sections import sigma_rel_key
 from .rows import checkpoint_context, finished_rows, job_context, write_rows
+from .scalars import log_evaluation
 
 
 def _extractors(job: EvalJob) -> dict:
@@ -30,6 +36,17 @@ def _extractors(job: EvalJob) -> dict:
     if ev.fd_dinov2:
         extractors["dinov2"] = build_dinov2_extractor(ev.dinov2_repo, device())
     return extractors
+
+
+@dataclass
+class _Sampled:
+    """One network an evaluation samples: a checkpoint's EMA, where its samples go and what its rows add (with a
+    sigma_rel sweep: the EMA's length, and for the other lengths' rows ema_sweep)."""
+    path: Path
+    state: dict
+    net: nn.Module
+    samples: Path
+    labels: dict = field(default_factory=dict)
 
 
 class _Inputs:
@@ -47,15 +64,32 @@ class _Inputs:
         self.classifier = load_digits_classifier() if digits else None
 
     def checkpoints(self):
-        """(checkpoint, state, EMA network, samples folder): the final checkpoint first, then each step of FID over
-        training, loaded one at a time."""
-        train = self.job.train
+        """The networks to sample, loaded one at a time: the final checkpoint's EMA, its EMAs of the other lengths
+        of the sigma_rel sweep, then each step of FID over training."""
+        train, sweep = self.job.train, self.job.sigma_rel_sweep
+        sampled = train.spec.ema.sampled_sigma_rel
+        labels = {"sigma_rel": sampled} if sweep and sampled is not None else {}
         for step in [train.steps, *self.job.during_training]:
             path = store.checkpoint_path(train.path, step)
             state = store.load_checkpoint(path)
             net = read_network(train, train, self.data.shape, self.data.num_classes, state)
             folder = self.job.path / "samples" / ("" if step == train.steps else f"step-{step:07d}")
-            yield path, state, net, folder
+            yield _Sampled(path, state, net, folder, labels)
+            if step == train.steps:
+                yield from self.other_lengths(path, state)
+
+    def other_lengths(self, path: Path, state: dict):
+        """The final checkpoint's EMAs of the sweep's other lengths: tracked, else reconstructed post hoc."""
+        train = self.job.train
+        sampled = train.spec.ema.sampled_sigma_rel
+        for sigma_rel in self.job.sigma_rel_sweep:
+            if sampled is not None and sigma_rel_key(sigma_rel) == sigma_rel_key(sampled):
+                continue
+            weights, rebuilt = ema_weights(train, state, sigma_rel)
+            net = read_network(train, train, self.data.shape, self.data.num_classes, weights=weights)
+            ema = f"power sigma_rel={sigma_rel:g}" + (" (post-hoc)" if rebuilt else "")
+            yield _Sampled(path, state, net, self.job.path / "samples" / f"sigma_rel-{sigma_rel_key(sigma_rel)}",
+                           {"sigma_rel": sigma_rel, "ema": ema, "ema_sweep": True})
 
     def sampler(self, net) -> Sampler:
         return Sampler(self.method, net, self.data.shape, self.labels, self.job.sample_seed,
@@ -66,18 +100,22 @@ def generate_part(job: EvalJob, part: tuple[int, int], threads: int) -> list:
     """One task of a generation array: this part's shards of every setting, features saved; no metrics."""
     torch.set_num_threads(threads)
     inputs, ranks = _Inputs(job), init_ranks()
-    for _, _, net, samples in inputs.checkpoints():
+    for sampled in inputs.checkpoints():
         for setting in inputs.method.sample_settings(job.sampling):
-            shard_features(inputs.sampler(net), setting, samples / setting.name, inputs.count,
+            shard_features(inputs.sampler(sampled.net), setting, sampled.samples / setting.name, inputs.count,
                            job.evaluation.shard_size, ranks, part)
     return []
 
 
-def _metrics(feats: dict, classes, labels, refs: dict, device=None) -> dict[str, dict]:
-    """{metric: its row's own fields}: the value, and for precision and recall the k and the samples per side."""
+def _metrics(feats: dict, classes, labels, refs: dict, device=None, resamples: int = 0) -> dict[str, dict]:
+    """{metric: its row's own fields}: the value; for FID its bootstrap interval over the generated samples (with
+    `resamples`), for precision and recall the k and the samples per side."""
     ref = refs["features"]
     metrics = {"fid": frechet_distance(*feature_statistics(feats["features"]), ref["mu"], ref["sigma"])}
     extra = {}
+    if resamples:
+        low, high = bootstrap_fid_interval(feats["features"], ref["mu"], ref["sigma"], resamples, device=device)
+        extra["fid"] = {"fid_ci_low": low, "fid_ci_high": high, "fid_ci_resamples": resamples}
     if ref.get("feats") is not None:  # KID and precision/recall need real features, not only mu and sigma
         metrics["kid"] = kernel_distance(feats["features"], ref["feats"])
         pr = matched_precision_recall(ref["feats"], feats["features"], device=device)
@@ -109,9 +147,10 @@ def _setting_rows(inputs: _Inputs, net, setting, samples: Path, refs: dict, rank
               "guidance": setting.guidance, "num_samples": len(feats["features"]), "sample_seconds": sample_seconds,
               "grid": str(grid.resolve())}
     references = {prefix: _reference_context(refs[prefix], inputs.extractors[prefix]) for prefix in refs}
-    metrics = _metrics(feats, classes, inputs.labels, refs, inputs.extractors["features"].device)
+    metrics = _metrics(feats, classes, inputs.labels, refs, inputs.extractors["features"].device,
+                       job.evaluation.bootstrap_resamples)
     return [{**common, **references["dinov2" if name == "fd_dinov2" else "features"], "metric": name, **fields}
-            for name, fields in metrics.items()]
+            for name, fields in metrics.items() if job.sampling.reports(name, setting.guidance)]
 
 
 def _reference_context(ref: dict, extractor) -> dict:
@@ -134,12 +173,14 @@ def evaluate(job: EvalJob, threads: int) -> list[dict]:
                                          "" if prefix == "features" else "_dinov2")
             for prefix, extractor in inputs.extractors.items()} if ranks.is_main else {}
     rows, context = [], job_context(job)
-    for path, state, net, samples in inputs.checkpoints():
-        here = checkpoint_context(job, state, path, net)
+    for sampled in inputs.checkpoints():
+        here = {**checkpoint_context(job, sampled.state, sampled.path, sampled.net), **sampled.labels}
         for setting in inputs.method.sample_settings(job.sampling):
-            rows += [{**context, **here, **row} for row in _setting_rows(inputs, net, setting, samples, refs, ranks)]
+            rows += [{**context, **here, **row}
+                     for row in _setting_rows(inputs, sampled.net, setting, sampled.samples, refs, ranks)]
     if not ranks.is_main:
         return []
     write_rows(job, rows)
+    log_evaluation(job, rows)  # FID over training in TensorBoard, beside the training's scalars
     store.write_json(job.path / "progress.json", {"state": "done"})
     return rows

@@ -110,11 +110,12 @@ class Launcher:
         self.submitted += wave
         return wave
 
-    def _show(self, task: Task) -> None:
-        info = store.read_json(task.train_job.path / "progress.json", {})
-        if task.kind != "train" and info.get("state") in ("trained", None):
-            info = {**info, "state": store.read_json(task.job.path / "progress.json", {}).get("state", "evaluating")}
-        self.view.update(task.train_job.label, info)
+    def _show(self, pairs: list[tuple[Task, object]]) -> None:
+        """One update per job: a job's work comes training first, so its last task's progress is the furthest
+        along (a plain view, unlike the bars, would print each of a job's tasks' states in turn)."""
+        shown = {task.train_job.label: _progress(task) for task, _ in pairs}
+        for label, info in shown.items():
+            self.view.update(label, info)
 
     def wait(self, pairs: list[tuple[Task, object]]) -> dict[tuple, object]:
         """Poll until every job ends, showing progress; a stop request stops them all (then Stopped), a failure
@@ -124,8 +125,8 @@ class Launcher:
             if self.stop is not None and self.stop.requested:
                 self.stop_all()
                 raise Stopped(self.stop.requested)
+            self._show(pairs)
             for task, handle in pairs:
-                self._show(task)
                 if task.key not in results and handle.done():
                     try:
                         results[task.key] = result(handle)
@@ -135,8 +136,7 @@ class Launcher:
                                            f"(full log: {handle.paths.stderr})") from None
             if len(results) < len(pairs):
                 time.sleep(0.5)
-        for task, _ in pairs:
-            self._show(task)
+        self._show(pairs)
         return results
 
     def stop_all(self) -> None:
@@ -157,6 +157,14 @@ class Launcher:
         for handle in local:
             if not handle.done():
                 handle.cancel(check=False)
+
+
+def _progress(task: Task) -> dict:
+    """What the job's progress.json says, with its evaluation's state once training is done."""
+    info = store.read_json(task.train_job.path / "progress.json", {})
+    if task.kind != "train" and info.get("state") in ("trained", None):
+        info = {**info, "state": store.read_json(task.job.path / "progress.json", {}).get("state", "evaluating")}
+    return info
 
 
 def _signal(pid: int, signum) -> None:

@@ -24,26 +24,61 @@ def _guidance_problem(job) -> str | None:
             f"with labels, or {fix}")
 
 
+class Missing(ValueError):
+    """Every prerequisite a run lacks, one line each (what, and where to get it or the command that makes it)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        head = "" if len(problems) == 1 else f"{len(problems)} problems, all listed:\n  - "
+        super().__init__(head + "\n  - ".join(problems))
+
+
+class _Problems:
+    """Collects problems (each once) instead of stopping at the first."""
+
+    def __init__(self):
+        self.found: list[str] = []
+
+    def check(self, check, *args):
+        """check(*args), its error kept as a problem; returns its result, or None when it failed."""
+        try:
+            return check(*args)
+        except (ValueError, FileNotFoundError) as error:
+            if str(error) not in self.found:
+                self.found.append(str(error))
+            return None
+
+    def add(self, problem: str | None) -> None:
+        if problem and problem not in self.found:
+            self.found.append(problem)
+
+
+def _network_fits(job, data) -> str | None:
+    levels = len(job.network.channel_mult or (1, 2))  # (1, 2): ToyUNet's default
+    if job.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
+        return (f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} levels; the "
+                f"resolution must be divisible by {2 ** (levels - 1)}")
+    return checkpoint_mismatch(job, data.shape, data.num_classes)
+
+
 def preflight(plan: Plan) -> None:
-    """Raise ValueError or FileNotFoundError on the first problem (see the module docstring)."""
-    datas = {}
+    """Raise Missing (a ValueError) listing every problem found (see the module docstring): data sets, reference
+    statistics, Inception and DINOv2 weights, all at once."""
+    problems, datas = _Problems(), {}
     for job in plan.train:  # each data set loaded once, however many variants use it
         key = job.data.model_dump_json()
-        data = datas.get(key) or datas.setdefault(key, load_data(job.data))
-        levels = len(job.network.channel_mult or (1, 2))  # (1, 2): ToyUNet's default
-        if job.network.name == "toy-unet" and data.shape[-1] % 2 ** (levels - 1):
-            raise ValueError(f"images are {data.shape[-1]}x{data.shape[-1]} but network.channel_mult has {levels} "
-                             f"levels; the resolution must be divisible by {2 ** (levels - 1)}")
-        problem = checkpoint_mismatch(job, data.shape, data.num_classes)
-        if problem:
-            raise ValueError(problem)
+        if key not in datas:
+            datas[key] = problems.check(load_data, job.data)
+        if datas[key] is not None:
+            problems.add(_network_fits(job, datas[key]))
     for job in plan.evaluate:
-        data = datas[job.train.data.model_dump_json()]
+        data = datas.get(job.train.data.model_dump_json())
         if job.evaluation.features == "inception":
-            check_inception()
+            problems.check(check_inception)
         if job.evaluation.fd_dinov2:
-            check_dinov2(job.evaluation.dinov2_repo)
-        check_reference(job.evaluation, data.shape)
-        problem = _guidance_problem(job) if data.num_classes == 0 else None
-        if problem:
-            raise ValueError(problem)
+            problems.check(check_dinov2, job.evaluation.dinov2_repo)
+        if data is not None:
+            problems.check(check_reference, job.evaluation, data.shape)
+            problems.add(_guidance_problem(job) if data.num_classes == 0 else None)
+    if problems.found:
+        raise Missing(problems.found)

@@ -1,5 +1,6 @@
 """Metrics rows: one per (evaluated checkpoint, sampling setting, metric), each with where it came from (recipe,
-variant, stage, training job, its parent job, method, size, seed, EMA, checkpoint step, code version, date). An
+variant, stage, training job, its parent job, method, size, seed, EMA, checkpoint step, code version, date, and the
+machines that trained and evaluated it: GPU name or CPU model, torch threads and version). An
 evaluation's rows are cached in its metrics.json, keyed by the checkpoint they were made from (or, for a job that
 diverged, by its divergence record), so a rerun reuses them and a retrained checkpoint is evaluated again."""
 import subprocess
@@ -7,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import store
+from ..compute import machine
 from ..recipe.jobs import EvalJob
 from .train import diverged_record
 
@@ -55,7 +57,7 @@ def job_context(job: EvalJob) -> dict:
     return {"recipe": job.recipe, "variant": job.variant, "stage": job.stage, "job": train.id,
             "evaluation": job.id, "teacher_job": train.parent_id, "method": train.method_class.name,
             "method_label": train.method_class.label, "size": train.size, "seed": train.seed,
-            "code_version": code_version(), "date": _now()}
+            "code_version": code_version(), "date": _now(), **machine()}
 
 
 def checkpoint_context(job: EvalJob, state: dict, checkpoint: Path, net) -> dict:
@@ -68,7 +70,8 @@ def checkpoint_context(job: EvalJob, state: dict, checkpoint: Path, net) -> dict
             "ema": (f"power sigma_rel={ema.sigma_rel}" if ema.kind == "power"
                     else f"halflife {ema.halflife_images:g} images"),
             "checkpoint_step": int(state["step"]), "checkpoint": checkpoint.name, "train_seconds": state["elapsed"],
-            "intermediate": int(state["step"]) < job.train.steps, "diverged": False}
+            "intermediate": int(state["step"]) < job.train.steps, "diverged": False,
+            **{f"train_{key}": value for key, value in state.get("machine", {}).items()}}
 
 
 def diverged_rows(job: EvalJob, conditional: bool) -> list[dict]:

@@ -1,9 +1,12 @@
 """Everything the next training step depends on. A checkpoint is exactly this state, so resume is exact: per trained
 network its weights, optimizer and EMA; the method's own modules (w(t)); the step; every random generator."""
 import torch
+from torch import nn
 
 from scm.ema import HalfLifeEMA, PowerEMA
 from scm.methods import Networks
+
+from ..recipe.sections import sigma_rel_key
 
 
 def learning_rate(opt_config, step: int) -> float:
@@ -39,6 +42,8 @@ class TrainState:
         self.optimizers = {role: _optimizer(list(net.parameters()) + (modules if role == first else []),
                                             stage.optimizer) for role, net in nets.trained.items()}
         self.emas = {role: _ema(net, stage.ema, stage.batch_size) for role, net in nets.trained.items()}
+        # power EMAs of other lengths beside the sampled network's (also_sigma_rel, post_hoc's): only it is sampled
+        self.tracked = {sigma_rel: PowerEMA(nets.net, sigma_rel) for sigma_rel in stage.ema.tracked_sigma_rel}
         where = next(nets.net.parameters()).device
         self.data_rng = torch.Generator().manual_seed(seed + 1)
         self.noise_rng = torch.Generator(device=where).manual_seed(seed + 2)  # the method's draws (t, z, ...)
@@ -71,6 +76,15 @@ class TrainState:
             if hasattr(net, "normalize_weights_"):  # EDM2's forced weight normalization, outside forward
                 net.normalize_weights_()
             self.emas[role].update(net, self.step)
+        for ema in self.tracked.values():
+            ema.update(self.nets.net, self.step)
+
+    def post_hoc_emas(self, config) -> dict[float, nn.Module]:
+        """The sampled network's EMA of each post_hoc length of the EMA `config`: tracked beside the sampled one,
+        or the sampled one itself (the only length tracked_sigma_rel leaves out)."""
+        sampled = self.emas[next(iter(self.nets.trained))].ema
+        tracked = {sigma_rel_key(s): ema.ema for s, ema in self.tracked.items()}
+        return {s: tracked.get(sigma_rel_key(s), sampled) for s in config.post_hoc.sigma_rel}
 
     def state_dict(self) -> dict:
         return {"step": self.step, "sampled": next(iter(self.nets.trained)),
@@ -81,13 +95,17 @@ class TrainState:
                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
                 "torch_rng": torch.get_rng_state(), "elapsed": self.elapsed, "history": self.history,
                 "skipped": self.skipped, "scaler": self.scaler.state_dict(),
-                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+                **({"tracked_ema": {sigma_rel_key(s): ema.ema.state_dict() for s, ema in self.tracked.items()}}
+                   if self.tracked else {})}
 
     def load_state_dict(self, state: dict) -> None:
         for role, net in self.nets.trained.items():
             net.load_state_dict(state["networks"][role])
             self.optimizers[role].load_state_dict(state["optimizers"][role])
             self.emas[role].ema.load_state_dict(state["ema"][role])
+        for sigma_rel, ema in self.tracked.items():
+            ema.ema.load_state_dict(state["tracked_ema"][sigma_rel_key(sigma_rel)])
         for name, module in self.nets.modules.items():
             module.load_state_dict(state["modules"][name])
         self.data_rng.set_state(state["data_rng"])

@@ -13,11 +13,13 @@ import torch
 from scm.methods import Networks
 
 from .. import store
-from ..compute import (any_rank, device, finish, init_ranks, load_start, mean_over_ranks, read_network,
+from ..compute import (any_rank, device, finish, init_ranks, load_start, machine, mean_over_ranks, read_network,
                        sum_gradients, training_network)
+from ..compute.posthoc import save_snapshot, snapshot_due, snapshot_path
 from ..data import load_data
 from ..recipe.jobs import TrainJob
-from .state import TrainState
+from .scalars import TrainingLog
+from .state import TrainState, learning_rate
 from .stopping import StopRequests
 
 PROGRESS_EVERY_S = 1.0
@@ -28,7 +30,7 @@ def build_training(job: TrainJob):
     fixed (networks, their start weights, the teacher, the method's modules): each draws from torch's generator."""
     method = job.method()
     torch.manual_seed(job.seed)
-    data = load_data(job.data).to(device())
+    data = load_data(job.data, draw_latents=True).to(device())
     trained = {}
     for spec in method.networks:
         net = training_network(job, data.shape, data.num_classes).train()
@@ -93,7 +95,18 @@ def accumulate_gradients(job: TrainJob, method, state: TrainState, data, ranks, 
                                                  if p.grad is not None):
         state.zero_grad()
         return {}, "gradient"
+    if stage.grad_clip is not None:
+        totals["grad_norm"] = clip_gradients(state, stage.grad_clip)  # the same on every rank (summed gradients)
     return mean_over_ranks(totals, ranks), None
+
+
+def clip_gradients(state: TrainState, max_norm: float) -> float:
+    """Scale every network's gradients so that their global norm (with the method's modules) is at most max_norm;
+    returns the norm before clipping. Under fp16 the gradients are unscaled first (the scaler then steps as is)."""
+    if state.scaler.is_enabled():
+        for optimizer in state.optimizers.values():
+            state.scaler.unscale_(optimizer)
+    return float(torch.nn.utils.clip_grad_norm_(state.parameters(), max_norm))
 
 
 def _diverged_parent(job: TrainJob) -> dict | None:
@@ -123,6 +136,7 @@ def train_stage(job: TrainJob, threads: int) -> str | None:
         _mark_diverged(job, parent)
         return None
     store.remove_partial_writes(job.path / "checkpoints")
+    store.remove_partial_writes(snapshot_path(job.path, 0).parent)
     with StopRequests() as stop:  # from the start: a stop asked for while it loads is kept, not lost
         ranks = init_ranks()
         method, data, state = build_training(job)
@@ -149,6 +163,7 @@ def _loop(job: TrainJob, method, data, state: TrainState, ranks, stop) -> bool:
     """Steps until the last one or a stop request; False when the stage diverged."""
     stage = job.spec
     window, last_report, start = [], time.time(), time.time() - state.elapsed
+    log = TrainingLog(job.path, state.step) if ranks.is_main else None  # continues after the resumed step
     autocast = torch.autocast(device().type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         stage.precision), enabled=stage.precision != "fp32")
     while state.step < stage.steps:
@@ -161,6 +176,7 @@ def _loop(job: TrainJob, method, data, state: TrainState, ranks, stop) -> bool:
             if stage.on_nonfinite == "stop" or len(state.skipped) > stage.max_skipped_steps:
                 if ranks.is_main:
                     _mark_diverged(job, _divergence(job, state, term))
+                    log.close()
                 finish(ranks)
                 return False
         state.elapsed = time.time() - start
@@ -172,12 +188,18 @@ def _loop(job: TrainJob, method, data, state: TrainState, ranks, stop) -> bool:
         if diagnostics:
             window.append(diagnostics)
         if window and (time.time() - last_report > PROGRESS_EVERY_S or state.step == stage.steps):
-            _report(job, state, window, time.time() - last_report)
+            _report(job, state, window, time.time() - last_report, log)
             window, last_report = [], time.time()
+        if snapshot_due(job, state.step):  # before the checkpoint: a job resumed from it has this snapshot
+            save_snapshot(job, state.step, state.post_hoc_emas(stage.ema))
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps or stopping:
-            store.save_checkpoint(store.checkpoint_path(job.path, state.step), state.state_dict())
+            # where it trained, for the metrics rows (another CPU gives other low bits): not part of the state
+            store.save_checkpoint(store.checkpoint_path(job.path, state.step), {**state.state_dict(),
+                                                                                "machine": machine()})
         if stopping:
             break
+    if log is not None:
+        log.close()
     return True
 
 
@@ -203,10 +225,16 @@ def _mark_diverged(job: TrainJob, record: dict) -> None:
     print(f"warning: {job.id} diverged: {record['message']}", file=sys.stderr, flush=True)
 
 
-def _report(job: TrainJob, state: TrainState, window: list[dict], seconds: float) -> None:
-    """Append the window's mean diagnostics to the history and refresh progress.json."""
+def _report(job: TrainJob, state: TrainState, window: list[dict], seconds: float,
+            log: TrainingLog | None = None) -> None:
+    """Append the window's mean diagnostics to the history, refresh progress.json and log the window (stats.jsonl,
+    TensorBoard) with the learning rate and the speed."""
     mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
     state.history.append({"step": state.step, **mean, **({"skipped": len(state.skipped)} if state.skipped else {})})
+    it_s = len(window) / max(seconds, 1e-9)
     store.write_json(job.path / "progress.json", {
         "state": "running", "step": state.step, "total": job.steps, "loss": mean["loss"],
-        "it_s": len(window) / max(seconds, 1e-9), "elapsed": state.elapsed})
+        "it_s": it_s, "elapsed": state.elapsed})
+    if log is not None:
+        log.write(state.step, state.elapsed, {**state.history[-1], "lr": learning_rate(job.spec.optimizer, state.step),
+                                              "it_s": it_s})

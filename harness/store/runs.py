@@ -14,10 +14,15 @@ class _View(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class DataIndex(_View):
+    name: str  # the recipe's data.name (digits, cifar10, imagenet64, imagenet512-latents, folder, synthetic)
+
+
 class TrainedIndex(_View):
     id: str
     stage: str
     size: str | None = None
+    data: DataIndex | None = None  # manifests always had it; None only for a hand-written one
 
 
 class EvaluationIndex(_View):

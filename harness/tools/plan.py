@@ -16,6 +16,7 @@ from ..run.rows import finished_rows
 from ..run.submission import make_executor
 from ..run.train import diverged_record
 from .cost import DEFAULT_TFLOPS_PER_GPU, evaluation_estimate, stage_estimate
+from .plan_view import print_jobs, print_variants
 
 
 @contextlib.contextmanager
@@ -80,24 +81,32 @@ def _train_row(job: TrainJob, tflops_per_gpu: float) -> dict:
     return _reused(row, _made_by(job.path)) if done else row
 
 
-def _evaluation_row(job: EvalJob, tflops_per_gpu: float) -> dict:
+def _evaluation_rows(job: EvalJob, tflops_per_gpu: float) -> list[dict]:
+    """An evaluation's row; with evaluation.array_tasks > 1 its generation array first, which does the sampling
+    (the evaluation then reads the shards' features and computes the metrics)."""
     estimate = evaluation_estimate(job, tflops_per_gpu)
+    tasks = job.evaluation.array_tasks
     row = {**_row(job, "evaluate", job.resources), **estimate, "wall_hours": estimate["gpu_hours"],
-           "batch_size": job.evaluation.batch_size, "memory_gb": None, "fits": None}
-    return _reused(row, job.recipe) if finished_rows(job) is not None else row
+           "batch_size": job.evaluation.batch_size, "memory_gb": None, "fits": None, "array_tasks": tasks}
+    rows = [row]
+    if tasks > 1:
+        rows = [{**row, "kind": "generate", "wall_hours": row["gpu_hours"] / tasks},
+                {**row, "gpu_hours": 0.0, "wall_hours": 0.0, "total_flops": 0.0}]
+    return [_reused(r, job.recipe) for r in rows] if finished_rows(job) is not None else rows
 
 
 def plan_rows(plan: Plan, tflops_per_gpu: float = DEFAULT_TFLOPS_PER_GPU) -> list[dict]:
-    """One row per training job (those of other recipes it starts from included), then one per evaluation."""
+    """One row per training job (those of other recipes it starts from included), then per evaluation (and its
+    generation array)."""
     return [_train_row(job, tflops_per_gpu) for job in plan.train] + \
-           [_evaluation_row(job, tflops_per_gpu) for job in plan.evaluate]
+           [row for job in plan.evaluate for row in _evaluation_rows(job, tflops_per_gpu)]
 
 
 def hours_by_stage(rows: list[dict]) -> dict[str, float]:
     """GPU-hours per kind of work: train per method, evaluate."""
     totals: dict[str, float] = {}
     for row in rows:
-        key = f"{row['kind']} {row['method']}" if row["kind"] == "train" else "evaluate"
+        key = f"{row['kind']} {row['method']}" if row["kind"] == "train" else row["kind"]
         totals[key] = totals.get(key, 0.0) + row["gpu_hours"]
     return totals
 
@@ -128,13 +137,13 @@ COLUMNS = ("job", "id", "kind", "nodes x gpus", "ranks", "batch", "work", "param
 
 
 def _batch_cell(row: dict) -> str:
-    if row["kind"] == "evaluate":
+    if row["kind"] != "train":
         return str(row["batch_size"])
     return f"{row['batch_size']} / {row['per_rank_batch']} / {row['micro_batch']} x{row['passes']}"
 
 
 def _work_cell(row: dict) -> str:
-    if row["kind"] == "evaluate":
+    if row["kind"] != "train":
         return f"{row['samples']} samples x {row['nfe']} NFE"
     return f"{row['steps']} steps x{row['multiplier']}"
 
@@ -152,7 +161,24 @@ def _cells(row: dict) -> list[str]:
             str(row["time_min"]), row["partition"] or "-"]
 
 
-def print_plan(console, name: str, rows: list[dict], tflops: float) -> None:
+def print_plan(console, recipe, rows: list[dict], tflops: float, details: bool = False) -> None:
+    """What the variants change, the jobs (in 80-100 columns; `details`: the wide table of every estimate), the
+    reused jobs and the GPU-hours."""
+    if details:
+        print_details(console, recipe.name, rows, tflops)
+    else:
+        print_variants(console, recipe)
+        print_jobs(console, recipe.name, rows, tflops)
+    for row in rows:
+        if row["reused"]:
+            console.print(f"reused: {row['label']} ({row['kind']}) is in the store already, made by {row['reused']}",
+                          markup=False, highlight=False)
+    totals = hours_by_stage(rows)
+    console.print("GPU-hours: " + ", ".join(f"{key} {hours:.3g}" for key, hours in totals.items())
+                  + f"; total {sum(totals.values()):.3g}")
+
+
+def print_details(console, name: str, rows: list[dict], tflops: float) -> None:
     jobs = len(rows)
     title = (f"{name}: {jobs} jobs ({sum(r['kind'] == 'train' for r in rows)} train, "
              f"{sum(r['kind'] == 'evaluate' for r in rows)} evaluate), assuming {tflops:g} TFLOP/s per GPU achieved")
@@ -163,13 +189,6 @@ def print_plan(console, name: str, rows: list[dict], tflops: float) -> None:
     for row in rows:
         table.add_row(*_cells(row))
     console.print(table)
-    for row in rows:
-        if row["reused"]:
-            console.print(f"reused: {row['label']} ({row['kind']}) is in the store already, made by {row['reused']}",
-                          markup=False, highlight=False)
-    totals = hours_by_stage(rows)
-    console.print("GPU-hours: " + ", ".join(f"{key} {hours:.3g}" for key, hours in totals.items())
-                  + f"; total {sum(totals.values()):.3g}")
 
 
 def print_sbatch(console, name: str, rows: list[dict], executor: str) -> None:
@@ -182,7 +201,9 @@ def print_sbatch(console, name: str, rows: list[dict], executor: str) -> None:
     for members in groups.values():
         first = members[0]
         methods = ", ".join(sorted({r["method"] for r in members}))
-        console.print(f"\n# {first['kind']} {methods} ({len(members)} job(s))", markup=False)
+        count = f"{len(members)} job(s)" if first["kind"] != "generate" else \
+            f"{len(members)} array(s) of {first['array_tasks']} tasks, each with these lines"
+        console.print(f"\n# {first['kind']} {methods} ({count})", markup=False)
         console.print(sbatch_preview(first["resources"], f"scm-{first['kind']}", f"runs/{name}/logs"),
                       markup=False, highlight=False)
 

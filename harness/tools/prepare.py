@@ -10,7 +10,7 @@ import numpy as np
 
 from scm.trigflow import SIGMA_DATA
 
-from ..data.latents import DEFAULT_VAE, LATENT_MEAN, LATENT_STD, encode_latents, load_vae
+from ..data.latents import DEFAULT_VAE, LATENT_MEAN, LATENT_STD, encode_posterior, load_vae
 from ..data.prepared import IMAGES, LABELS, META, partial_path
 from ..store import ArrayUnpickler, write_json
 
@@ -64,7 +64,9 @@ def _write_prepared(out: Path, meta: dict, dtype, labels, batches, overwrite: bo
     partial.mkdir(parents=True)
     try:
         # A memory map on disk: ImageNet never has to fit in memory, only one batch at a time.
-        images = np.lib.format.open_memmap(partial / IMAGES, mode="w+", dtype=dtype, shape=(count, *meta["shape"]))
+        channels = meta["shape"][0] * (2 if meta.get("posterior") else 1)  # posteriors: mean and std channels
+        images = np.lib.format.open_memmap(partial / IMAGES, mode="w+", dtype=dtype,
+                                           shape=(count, channels, *meta["shape"][1:]))
         filled = 0
         with _progress(quiet) as progress:
             task = progress.add_task(f"prepare {meta['name']}", total=count)
@@ -250,13 +252,14 @@ def _encoded_batches(model, pixel_batches, sigma_data: float):
 
     for pixels in pixel_batches:
         images = torch.from_numpy(pixels).float() / 127.5 - 1.0
-        yield encode_latents(model, images, sigma_data).cpu().numpy().astype(np.float16)
+        yield encode_posterior(model, images, sigma_data).cpu().numpy().astype(np.float16)
 
 
 def prepare_imagenet512_latents(source: Path, out: Path, vae=DEFAULT_VAE, resolution: int = 512, batch_size: int = 32,
                                 device=None, overwrite: bool = False, quiet: bool = False) -> Path:
-    """ImageNet center-cropped at `resolution`, encoded by the SD VAE (posterior mean) and normalized as in sCM:
-    float16 [N, 4, resolution / 8, resolution / 8]. `vae`: a local folder, a cached hub id, or an AutoencoderKL."""
+    """ImageNet center-cropped at `resolution`, encoded by the SD VAE and normalized as in sCM (App. G.1): each
+    latent's posterior (mean and std, as EDM2 keeps them), float16 [N, 8, resolution / 8, resolution / 8].
+    `vae`: a local folder, a cached hub id, or an AutoencoderKL."""
     source, out = Path(source), Path(out)
     _check_target(out, overwrite)
     _check_positive(batch_size, "batch_size")
@@ -270,7 +273,7 @@ def prepare_imagenet512_latents(source: Path, out: Path, vae=DEFAULT_VAE, resolu
     meta = {"name": "imagenet512-latents", "kind": "latents", "shape": [model.config.latent_channels, side, side],
             "count": len(paths), "num_classes": num_classes, "source": str(source.resolve()), "vae": vae_name,
             "latent_mean": list(LATENT_MEAN), "latent_std": list(LATENT_STD), "sigma_data": SIGMA_DATA,
-            "resolution": resolution}
+            "resolution": resolution, "posterior": True}
     batches = _encoded_batches(model, _crop_batches(list(paths), resolution, batch_size), SIGMA_DATA)
     return _write_prepared(out, meta, np.float16, labels, batches, overwrite, quiet)
 

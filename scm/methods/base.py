@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from ..trigflow import SIGMA_DATA
@@ -31,8 +31,28 @@ class MethodSettings(BaseModel):
 
 
 class SamplingSettings(BaseModel):
-    """How a stage's trained network is sampled for evaluation (a stage's `sampling:` block)."""
+    """How a stage's trained network is sampled for evaluation (a stage's `sampling:` block).
+
+    Where a method samples at guidance scales, `guidance` may also map metrics to their own scales, as papers report
+    them (sCM Table 6: FID at one scale, FD_DINOv2 at another): `guidance: {fid: [1.4], fd_dinov2: [2.0]}` samples at
+    every scale named and reports each metric only at its own (`metric_guidance`); a metric not named follows fid."""
     model_config = ConfigDict(extra="forbid", frozen=True)
+    metric_guidance: dict[str, list[float]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _guidance_per_metric(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("guidance"), dict):
+            per_metric = {metric: scales if isinstance(scales, list) else [scales]
+                          for metric, scales in data["guidance"].items()}
+            every = sorted({float(s) for scales in per_metric.values() for s in scales if isinstance(s, (int, float))})
+            data = {**data, "guidance": every, "metric_guidance": per_metric}
+        return data
+
+    def reports(self, metric: str, guidance: float) -> bool:
+        """Whether `metric` is reported for samples drawn at `guidance` (every metric at every scale by default)."""
+        scales = self.metric_guidance.get(metric, self.metric_guidance.get("fid"))
+        return scales is None or any(abs(guidance - s) < 1e-9 for s in scales)
 
     def at_toy_scale(self) -> "SamplingSettings":
         """What `--smoke` samples with instead: the same settings, with what only costs time made small."""

@@ -53,7 +53,8 @@ class SCD(GuidedTeacher, SCT):
 
     def draw(self, shape, generator, device):
         s = self.settings
-        return draw_noise(shape, s.p_mean, s.p_std, self.sigma_data, generator, s.guidance, device)
+        return draw_noise(shape, s.p_mean, s.p_std, self.sigma_data, generator, s.guidance, device,
+                          sigma_max=getattr(s, "sigma_max", None))
 
     def loss(self, nets, x0, labels, draws, step):
         s = self.settings

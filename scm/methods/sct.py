@@ -14,7 +14,9 @@ from .proposal import LogNormalProposal, ProposalSettings
 
 class TangentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    normalization: Literal["norm", "clip", "none"] = "norm"  # g / (||g|| + c), Alg. 1; or clamp to [-1, 1]
+    # g / (||g|| + c) as sCM Alg. 1 writes it (the paper's text gives the norm); rms: g / (||g|| / sqrt(D) + c), the
+    # RMS form other code bases use; clip: clamp to [-1, 1]
+    normalization: Literal["norm", "rms", "clip", "none"] = "norm"
     norm_constant: float = Field(0.1, gt=0)  # c, Alg. 1
     warmup_steps: int = Field(10_000, ge=0)  # H, Alg. 1
     jvp_method: Literal["dual", "torch-func"] = "dual"  # dual: one pass with tangent rules; torch-func: reference
