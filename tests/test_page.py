@@ -11,6 +11,7 @@ Skipped when no Chromium is installed, unless SCM_BENCH_REQUIRE_BROWSER=1 (CI se
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -280,6 +281,7 @@ def test_pages_rebuilt_from_a_committed_table(tmp_path):
     table = pd.read_csv(tmp_path / "digits" / "table.csv")
     fid = rows[rows.metric == "fid"]
     assert len(fid) == len(table) and [float(v) for v in fid.value] == pytest.approx(list(table.fid))
-    assert set(fid.code_version) == {"03659f4"} and set(fid.recipe_file) == {"recipes/digits.yaml"}
+    committed = re.search(r"; code (\w+);", (ROOT / "results" / "digits" / "table.md").read_text()).group(1)
+    assert set(fid.code_version) == {committed} and set(fid.recipe_file) == {"recipes/digits.yaml"}
     assert all(math.isnan(float(v or "nan")) for v in fid.gpu_hours)
     assert 'href="digits/index.html"' in (tmp_path / "index.html").read_text()
