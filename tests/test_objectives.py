@@ -431,8 +431,9 @@ def test_objectives_accept_float64_networks():
     net = make_mlp(seed=80)
     x0 = torch.randn(8, 2, dtype=F64)
     g = torch.Generator().manual_seed(0)
-    diffusion_loss(net, AdaptiveWeight(), x0, None, P_MEAN, P_STD, generator=g)
-    consistency_loss(net, AdaptiveWeight(), x0, None, 100, P_MEAN, P_STD, generator=g)
+    losses = [diffusion_loss(net, AdaptiveWeight(), x0, None, P_MEAN, P_STD, generator=g)[0],
+              consistency_loss(net, AdaptiveWeight(), x0, None, 100, P_MEAN, P_STD, generator=g)[0]]
+    assert all(loss.dtype == F64 and loss.ndim == 0 and torch.isfinite(loss) for loss in losses)
 
 
 def test_scd_guidance_range_draws_one_scale_per_sample_and_tells_the_student():
