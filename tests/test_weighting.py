@@ -38,7 +38,8 @@ def test_log_sigma_weight_starts_at_zero_and_draws_from_torch_as_the_positional_
     weight = AdaptiveWeight(features="log-sigma")
     assert torch.equal(torch.rand(1), expected)  # frequencies from their own generator: later draws are unchanged
     t = torch.linspace(0.01, 1.5, 7)
-    assert torch.equal(weight(t), torch.zeros(7))
+    assert torch.equal(weight(t), torch.zeros(7))  # the linear layer starts at 0: every t weighted alike at first
+    torch.testing.assert_close(weight.embedding_input(t), torch.log(0.5 * torch.tan(t)) / 4)  # EDM2's c_noise
     assert torch.equal(AdaptiveWeight(features="log-sigma").embed.freqs, weight.embed.freqs)
 
 

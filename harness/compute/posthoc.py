@@ -29,10 +29,9 @@ def snapshot_path(job_path: Path, step: int) -> Path:
 def snapshot_steps(job: TrainJob) -> list[int]:
     """The steps a job snapshots its post-hoc EMAs at: every snapshot_every, and the last (the reconstruction's
     time); none without post_hoc."""
-    post_hoc = job.spec.ema.post_hoc
-    if post_hoc is None:
+    if job.spec.ema.post_hoc is None:
         return []
-    return sorted({*range(post_hoc.snapshot_every, job.steps + 1, post_hoc.snapshot_every), job.steps})
+    return [step for step in range(1, job.steps + 1) if snapshot_due(job, step)]
 
 
 def snapshot_due(job: TrainJob, step: int) -> bool:

@@ -101,7 +101,7 @@ def draw_latents(posterior, generator=None):
     """Latents drawn from stored posteriors [B, 8, h, w] (means, stds): mean + std * eps, eps ~ N(0, I)."""
     import torch
 
-    mean, std = posterior.chunk(2, dim=1)
+    mean, std = posterior.chunk(2, dim=-3)
     return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
 
 

@@ -6,6 +6,8 @@ reproducible. In float64 on the evaluation's device (50k x 2048 features: a matm
 import numpy as np
 import torch
 
+from .metrics import feature_statistics, frechet_distance
+
 CONFIDENCE = 0.95
 
 
@@ -25,8 +27,9 @@ def _fid(x: torch.Tensor, counts: torch.Tensor, mu_r, root_r, trace_r) -> float:
 
 
 def bootstrap_fid_interval(features: np.ndarray, mu_ref, sigma_ref, resamples: int = 200, seed: int = 0,
-                           device=None) -> tuple[float, float]:
-    """(low, high) around the FID of `features` against (mu_ref, sigma_ref): as wide as the central 95% of the FID
+                           device=None, measured: float | None = None) -> tuple[float, float]:
+    """(low, high) around `measured`, the FID of `features` against (mu_ref, sigma_ref) (metrics.frechet_distance's,
+    computed here where not given): as wide as the central 95% of the FID
     of `resamples` resamples, centred the way they are around their median. (A resample repeats samples, which
     raises its FID by about the finite-sample bias; re-centring removes that shift and keeps the spread, which is
     what tells two runs of the same size apart.) tr sqrt(S_b^1/2 S_r S_b^1/2) = tr sqrt(S_r^1/2 S_b S_r^1/2): the
@@ -36,7 +39,8 @@ def bootstrap_fid_interval(features: np.ndarray, mu_ref, sigma_ref, resamples: i
     sigma_r = torch.as_tensor(np.asarray(sigma_ref), dtype=torch.float64, device=x.device)
     root_r, trace_r = _sqrt_psd(sigma_r), torch.trace(sigma_r)
     n = len(x)
-    measured = _fid(x, torch.ones(n, dtype=x.dtype, device=x.device), mu_r, root_r, trace_r)
+    if measured is None:
+        measured = frechet_distance(*feature_statistics(features), mu_ref, sigma_ref)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     values = [_fid(x, torch.bincount(torch.randint(n, (n,), generator=generator), minlength=n).to(x), mu_r, root_r,
                    trace_r) for _ in range(resamples)]

@@ -13,9 +13,6 @@ from .paper import METHOD_FAMILIES, PAPER_METHODS, BaselineError, dataset_name
 from .rows import OURS, SETTING, gather, sampled_ema_rows, setting_label
 from .tables import aggregate
 
-# a saved set's columns after the paper's: spread over seeds, then where the rows came from
-PROVENANCE_COLUMNS = ["std", "n", "n_diverged", "seeds", "setting", "stage", "sampler", "recipe", "recipe_hash",
-                      "code_version", "date", "saved", "machine", "threads", "torch"]
 # columns of the rows joined per setting (every distinct value; "" where no row records it)
 JOINED = {"dataset": "dataset", "seeds": "seed", "code_version": "code_version", "machine": "machine",
           "threads": "threads", "torch": "torch"}

@@ -14,7 +14,7 @@ import pandas as pd
 from .. import store
 from .baseline_sets import BaselineSet, list_sets
 from .noise import RULE
-from .page_rows import NUMERIC_COLUMNS, PROVENANCE, RecipeSource, page_rows, provenance
+from .page_rows import NUMERIC_COLUMNS, RecipeSource, page_rows, provenance
 from .paper import BASELINES
 from .rows import OURS
 
@@ -122,7 +122,7 @@ def _cell(column: Column, row) -> str:
         shown = _metric_text(row)
     elif column.key == "family":
         shown = f'<span class="chip chip-{html.escape(value)}">{html.escape(value)}</span>'
-    elif column.key in ("nfe", "n"):
+    elif column.key == "nfe":
         shown = str(value)
     elif column.key == "guidance":
         shown = f"{value:g}"
@@ -242,11 +242,10 @@ def grid_captions(rows: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
 
 
 def write_page(rows: pd.DataFrame, recipe_name: str, out: Path, figures: PageFigures, note: str = "") -> Path:
-    """out/page.csv (the rows) and out/index.html (the page); then the results folder's index of pages."""
+    """out/page.csv (the rows) and out/index.html (the page); the caller writes the results folder's index once."""
     out = Path(out)
     store.write_bytes_atomic(out / "page.csv", rows.to_csv(index=False, float_format=FLOAT_FORMAT).encode())
     store.write_bytes_atomic(out / "index.html", render_page(rows, recipe_name, figures, out, note).encode())
-    write_index(out.parent)
     return out / "index.html"
 
 
@@ -267,7 +266,9 @@ def write_recipe_page(table: pd.DataFrame, rows: pd.DataFrame | None, recipe_nam
     origin = provenance(rows, recipes) if rows is not None and len(rows) else None
     page = page_rows(table, recipe, stored_sets(compared), origin)
     pngs = [Path(p).name for p in plots if Path(p).suffix == ".png" and Path(p).name not in NOT_PLOTS]
-    return write_page(page, recipe_name, out, PageFigures(pngs, grid_captions(page, Path(out))))
+    written = write_page(page, recipe_name, out, PageFigures(pngs, grid_captions(page, Path(out))))
+    write_index(Path(out).parent)  # the results folder's index, with this page
+    return written
 
 
 def _index_line(page_csv: Path) -> str:
@@ -299,6 +300,3 @@ def write_index(results_root: Path) -> Path:
     store.write_bytes_atomic(root / "index.html", text.encode())
     return Path(results_root) / "index.html"
 
-
-__all__ = ["PageFigures", "RecipeSource", "PROVENANCE", "grid_captions", "render_page", "stored_sets", "write_index",
-           "write_page", "write_recipe_page"]

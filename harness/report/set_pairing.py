@@ -32,7 +32,7 @@ def set_settings(baseline: BaselineSet, datasets) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     method = rows.method.map(OUR_METHODS).fillna(rows.method)
-    saved = "recipe" in rows
+    saved = baseline.saved_from_run
     return pd.DataFrame({
         "source": baseline.name, "setting": column_or(rows, "setting", "") if saved else rows.table,
         "stage": column_or(rows, "stage", method), "method": method,
@@ -58,10 +58,15 @@ def _key(nfe: pd.Series, guidance: pd.Series) -> dict:
     return {"_nfe": nfe.astype(float), "_guidance": guidance.fillna(1.0).astype(float).round(6)}
 
 
-def paired_values(ours: pd.DataFrame, baseline: BaselineSet, field: str = "value") -> pd.Series:
+def paired_values(ours: pd.DataFrame, baseline: BaselineSet) -> pd.Series:
     """Per row of ours (aggregated rows with dataset, metric, method, size, nfe, guidance): the set's value paired
-    with it (see the module's docstring), NaN where none or several differ; `field` "std" or "n": that value's
-    spread over the set's seeds (NaN where the set has none: a published number)."""
+    with it (see the module's docstring), NaN where none or several differ."""
+    return paired_rows(ours, baseline).value
+
+
+def paired_rows(ours: pd.DataFrame, baseline: BaselineSet) -> pd.DataFrame:
+    """paired_values with the paired value's spread over the set's seeds: value, std, n per row of ours (std NaN
+    where the set has none: a published number)."""
     left = ours.assign(_row=ours.index, _method=ours.method.map(PAPER_METHODS).fillna(ours.method),
                        **_key(ours.nfe, ours.guidance))[["_row", *PAIRED_ON, "_method", "size"]]
     theirs = baseline.rows
@@ -74,8 +79,8 @@ def paired_values(ours: pd.DataFrame, baseline: BaselineSet, field: str = "value
         merged = merged[(merged[mine] == merged[its]) | ~has_ours]
     groups = merged.dropna(subset=["value"]).groupby("_row")
     unique = groups.value.nunique() == 1
-    paired = groups[{"value": "value", "std": "_std", "n": "_n"}[field]].first().astype(float).where(unique)
-    return paired.reindex(ours.index)
+    paired = groups[["value", "_std", "_n"]].first().astype(float).where(unique, axis=0)
+    return paired.rename(columns={"_std": "std", "_n": "n"}).reindex(ours.index)
 
 
 def with_set_values(table: pd.DataFrame, long: pd.DataFrame, datasets: pd.DataFrame,
@@ -86,7 +91,8 @@ def with_set_values(table: pd.DataFrame, long: pd.DataFrame, datasets: pd.DataFr
     ours = long[long.source == OURS].merge(datasets, on=SETTING, how="left")
     ours = ours.assign(dataset=ours.dataset.fillna(""))
     for baseline in sets:
-        values = ours.assign(paired=paired_values(ours, baseline).values).dropna(subset=["paired"])
+        paired = paired_rows(ours, baseline)
+        values = ours.assign(paired=paired.value.values).dropna(subset=["paired"])
         if values.empty:
             continue
         wide = values.pivot(index=keys, columns="metric", values="paired")
@@ -94,16 +100,15 @@ def with_set_values(table: pd.DataFrame, long: pd.DataFrame, datasets: pd.DataFr
         table = table.merge(wide.rename(columns=names), left_on=keys, right_index=True, how="left")
         if "fid" in names:
             table[f"ours - {baseline.name}"] = table.fid - table[names["fid"]]
-            table[f"ours - {baseline.name} noise"] = _verdicts(table, keys, ours, baseline)
+            table[f"ours - {baseline.name} noise"] = _verdicts(table, keys, ours, paired)
     return table
 
 
-def _verdicts(table: pd.DataFrame, keys: list[str], ours: pd.DataFrame, baseline: BaselineSet) -> list[str]:
-    """Per table row, our FID against the set's (noise.py): intervals that do not overlap where the set has a
-    spread over seeds, else its number outside our interval."""
-    fid = ours[ours.metric == "fid"]
-    spread = fid.assign(value=paired_values(fid, baseline).values, std=paired_values(fid, baseline, "std").values,
-                        n=paired_values(fid, baseline, "n").values).set_index(keys)[["value", "std", "n"]]
+def _verdicts(table: pd.DataFrame, keys: list[str], ours: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
+    """Per table row, our FID against the set's (noise.py; `paired`: paired_rows of ours): intervals that do not
+    overlap where the set has a spread over seeds, else its number outside our interval."""
+    fid = ours.metric == "fid"
+    spread = paired[fid].set_index(pd.MultiIndex.from_frame(ours.loc[fid, keys]))
     theirs = spread.reindex(pd.MultiIndex.from_frame(table[keys]))
     ci = fid_intervals(theirs.value, theirs["std"], theirs.n.where(theirs["std"].notna(), 0),
                        pd.Series(np.nan, index=theirs.index), pd.Series(np.nan, index=theirs.index))

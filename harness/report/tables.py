@@ -152,7 +152,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "source": table.source, "setting": table.setting, "stage": table.stage, "method": table.method_label,
         "size": table["size"], "params (M)": table.params_m.map(lambda v: number(v, 1)), "sampler": table.sampler,
         "NFE": table.nfe.astype(str), "guidance": table.guidance.map(lambda v: f"{v:g}"),
-        "EMA sigma_rel": table.get("sigma_rel", pd.Series("", index=table.index)),
+        "EMA sigma_rel": table.get("sigma_rel", blank),
         "FID": [_fid_cell(*row) for row in zip(table.fid, table.fid_std, table.n, table.n_diverged)],
         "paper FID": table.paper_fid.map(lambda v: number(v, 2)),
         "FID 95%": [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "" for lo, hi in

@@ -114,7 +114,8 @@ def _metrics(feats: dict, classes, labels, refs: dict, device=None, resamples: i
     metrics = {"fid": frechet_distance(*feature_statistics(feats["features"]), ref["mu"], ref["sigma"])}
     extra = {}
     if resamples:
-        low, high = bootstrap_fid_interval(feats["features"], ref["mu"], ref["sigma"], resamples, device=device)
+        low, high = bootstrap_fid_interval(feats["features"], ref["mu"], ref["sigma"], resamples, device=device,
+                                           measured=metrics["fid"])
         extra["fid"] = {"fid_ci_low": low, "fid_ci_high": high, "fid_ci_resamples": resamples}
     if ref.get("feats") is not None:  # KID and precision/recall need real features, not only mu and sigma
         metrics["kid"] = kernel_distance(feats["features"], ref["feats"])

@@ -44,8 +44,7 @@ class _Problems:
         try:
             return check(*args)
         except (ValueError, FileNotFoundError) as error:
-            if str(error) not in self.found:
-                self.found.append(str(error))
+            self.add(str(error))
             return None
 
     def add(self, problem: str | None) -> None:

@@ -15,7 +15,7 @@ from scm.methods import Networks
 from .. import store
 from ..compute import (any_rank, device, finish, init_ranks, load_start, machine, mean_over_ranks, read_network,
                        sum_gradients, training_network)
-from ..compute.posthoc import save_snapshot, snapshot_due, snapshot_path
+from ..compute.posthoc import SNAPSHOTS, save_snapshot, snapshot_due
 from ..data import load_data
 from ..recipe.jobs import TrainJob
 from .scalars import TrainingLog
@@ -136,7 +136,7 @@ def train_stage(job: TrainJob, threads: int) -> str | None:
         _mark_diverged(job, parent)
         return None
     store.remove_partial_writes(job.path / "checkpoints")
-    store.remove_partial_writes(snapshot_path(job.path, 0).parent)
+    store.remove_partial_writes(job.path / SNAPSHOTS)
     with StopRequests() as stop:  # from the start: a stop asked for while it loads is kept, not lost
         ranks = init_ranks()
         method, data, state = build_training(job)
